@@ -1,0 +1,5 @@
+import sys
+
+from wheelsched.cli import main
+
+sys.exit(main())
