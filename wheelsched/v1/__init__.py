@@ -1,0 +1,1 @@
+"""Generated gRPC/protobuf code for the wheelsched.v1 API (built from proto/)."""
