@@ -1,0 +1,413 @@
+"""Reading and validating a log directory: segments, snapshots, the torn tail.
+
+Reading is read-only. ``Recovery`` walks a directory exactly the way replay
+does (newest valid snapshot, then the segments after it), yields the records,
+and leaves behind a description of what it found (where the valid log ends,
+whether the last segment has a torn tail, which files are stale or
+temporary). The writer (``log.py``) and ``repair.py`` act on that
+description; ``verify``/``dump`` only print it.
+
+Speed matters here (replay stands between a crash and service), so the inner
+loop reads a whole segment at once and works on memoryview slices: one
+``struct.unpack_from``, one ``crc32c`` and one ``msgpack.unpackb`` per record.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import msgpack
+from crc32c import crc32c
+
+from .format import (
+    OP,
+    REC_HEADER,
+    REC_HEADER_SIZE,
+    SEGMENT_MAGIC,
+    SEGMENT_RE,
+    SEQ_BITS,
+    SEQ_MASK,
+    SNAPSHOT,
+    SNAPSHOT_MAGIC,
+    SNAPSHOT_RE,
+    T_OP,
+    T_SNAPSHOT_END,
+    T_SNAPSHOT_ITEM,
+    TMP_SUFFIX,
+    CorruptLogError,
+    FileHeader,
+    decode_file_header,
+)
+
+
+class Record(NamedTuple):
+    seq: int
+    kind: int  # OP or SNAPSHOT
+    payload: Any
+
+
+ProgressFn = Callable[[int, int, int], None]
+PROGRESS_EVERY = 100_000
+
+_new_record = tuple.__new__  # skips NamedTuple.__new__'s Python-level argument handling
+_NONZERO = re.compile(rb"[^\x00]")
+
+
+class Tail(NamedTuple):
+    """A torn tail of the last segment: everything from ``offset`` on is cut."""
+
+    path: Path
+    offset: int
+    size: int  # file size (the cut is size - offset bytes)
+    reason: str
+
+
+class DirLayout(NamedTuple):
+    segments: list[tuple[int, Path]]  # (first seq from the name, path), sorted
+    snapshots: list[tuple[int, Path]]  # (covered seq from the name, path), sorted
+    temps: list[Path]  # leftovers of an interrupted create/rename
+
+
+def list_dir(directory: Path) -> DirLayout:
+    segments: list[tuple[int, Path]] = []
+    snapshots: list[tuple[int, Path]] = []
+    temps: list[Path] = []
+    for entry in os.scandir(directory):
+        if not entry.is_file():
+            continue
+        name = entry.name
+        if name.endswith(TMP_SUFFIX):
+            temps.append(Path(entry.path))
+        elif m := SEGMENT_RE.match(name):
+            segments.append((int(m.group(1), 16), Path(entry.path)))
+        elif m := SNAPSHOT_RE.match(name):
+            snapshots.append((int(m.group(1), 16), Path(entry.path)))
+    segments.sort()
+    snapshots.sort()
+    return DirLayout(segments, snapshots, sorted(temps))
+
+
+def read_file(path: Path) -> bytes:
+    with open(path, "rb", buffering=0) as f:
+        return f.readall()
+
+
+def find_valid_record(data: bytes, start: int, min_seq: int) -> int | None:
+    """Offset of the first record at or after ``start`` that passes its CRC and
+    has seq >= min_seq, or None. Used only after a bad record, to tell a torn
+    tail (nothing valid follows) from corruption (valid records follow)."""
+    n = len(data)
+    mv = memoryview(data)
+    unpack = REC_HEADER.unpack_from
+    p = start
+    while p + REC_HEADER_SIZE <= n:
+        if data[p + 15] == 0:  # type byte 0 is never written: skip the zero run fast
+            m = _NONZERO.search(data, p + 15)
+            if m is None:
+                return None
+            p = max(p + 1, m.start() - 15)
+            continue
+        crc, length, st = unpack(data, p)
+        end = p + REC_HEADER_SIZE + length
+        if end <= n and (st & SEQ_MASK) >= min_seq and crc32c(mv[p + 4 : end]) == crc:
+            return p
+        p += 1
+    return None
+
+
+class _Scan:
+    """State of a scan through one segment (resumable, so replay can report
+    progress and keep memory bounded)."""
+
+    __slots__ = ("bad", "data", "end", "expect", "mv", "offset", "path")
+
+    def __init__(self, path: Path, data: bytes, offset: int, expect: int) -> None:
+        self.path = path
+        self.data = data
+        self.mv = memoryview(data)
+        self.offset = offset
+        self.expect = expect
+        self.end = len(data)
+        self.bad: str | None = None  # why the scan stopped before end of file
+
+
+def scan_chunk(
+    scan: _Scan, out: list[Record] | None, min_seq: int, limit: int
+) -> int:
+    """Validate up to ``limit`` records from ``scan.offset``; append the OP
+    records with seq > min_seq to ``out`` (decoded) unless ``out`` is None.
+    Returns the number of records scanned. Stops at the first bad record and
+    sets ``scan.bad``; a CRC-valid record with the wrong seq raises at once."""
+    data = scan.data
+    mv = scan.mv
+    n = scan.end
+    off = scan.offset
+    expect = scan.expect
+    unpack = REC_HEADER.unpack_from
+    unpackb = msgpack.unpackb
+    append = out.append if out is not None else None
+    hs = REC_HEADER_SIZE
+    count = 0
+    try:
+        while off < n and count < limit:
+            if n - off < hs:
+                scan.bad = "partial record header"
+                break
+            crc, length, st = unpack(data, off)
+            end = off + hs + length
+            if end > n:
+                scan.bad = (
+                    "zeroed record header" if st == 0 and crc == 0 else "record extends past end of file"
+                )
+                break
+            if crc32c(mv[off + 4 : end]) != crc:
+                scan.bad = "zeroed record header" if st == 0 and crc == 0 else "checksum mismatch"
+                break
+            seq = st & SEQ_MASK
+            if seq != expect:
+                raise CorruptLogError(
+                    scan.path, off, f"sequence gap: found seq {seq}, expected {expect}"
+                )
+            expect += 1
+            count += 1
+            if append is not None and seq > min_seq and (st >> SEQ_BITS) == T_OP:
+                append(_new_record(Record, (seq, OP, unpackb(mv[off + hs : end]))))
+            off = end
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        if isinstance(exc, CorruptLogError):
+            raise
+        raise CorruptLogError(scan.path, off, f"undecodable payload ({exc})") from exc
+    scan.offset = off
+    scan.expect = expect
+    return count
+
+
+def read_segment_header(path: Path, data: bytes) -> FileHeader:
+    hdr = decode_file_header(data, SEGMENT_MAGIC)
+    if isinstance(hdr, str):
+        raise CorruptLogError(path, 0, hdr)
+    return hdr
+
+
+def read_snapshot(path: Path, *, decode: bool = True) -> tuple[FileHeader, list[Any], int]:
+    """Read and fully validate a snapshot file: (header, items, file size).
+    Snapshots are renamed into place only after they were completely written
+    and fsynced, so any flaw is corruption (there is no torn tail here)."""
+    data = read_file(path)
+    hdr = decode_file_header(data, SNAPSHOT_MAGIC)
+    if isinstance(hdr, str):
+        raise CorruptLogError(path, 0, hdr)
+    mv = memoryview(data)
+    unpack = REC_HEADER.unpack_from
+    unpackb = msgpack.unpackb
+    items: list[Any] = []
+    append = items.append
+    off = hdr.size
+    n = len(data)
+    expect = 1
+    hs = REC_HEADER_SIZE
+    try:
+        while True:
+            if n - off < hs:
+                raise CorruptLogError(path, off, "snapshot ends without its trailer")
+            crc, length, st = unpack(data, off)
+            end = off + hs + length
+            if end > n:
+                raise CorruptLogError(path, off, "record extends past end of file")
+            if crc32c(mv[off + 4 : end]) != crc:
+                raise CorruptLogError(path, off, "checksum mismatch")
+            seq = st & SEQ_MASK
+            if seq != expect:
+                raise CorruptLogError(path, off, f"item {seq} where {expect} was expected")
+            rtype = st >> SEQ_BITS
+            if rtype == T_SNAPSHOT_ITEM:
+                if decode:
+                    append(unpackb(mv[off + hs : end]))
+            elif rtype == T_SNAPSHOT_END:
+                count = unpackb(mv[off + hs : end])
+                if count != expect - 1:
+                    raise CorruptLogError(path, off, f"trailer says {count} items, found {expect - 1}")
+                if end != n:
+                    raise CorruptLogError(path, end, "data after the snapshot trailer")
+                break
+            else:
+                raise CorruptLogError(path, off, f"unexpected record type {rtype} in a snapshot")
+            expect += 1
+            off = end
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        if isinstance(exc, CorruptLogError):
+            raise
+        raise CorruptLogError(path, off, f"undecodable payload ({exc})") from exc
+    return hdr, items, n
+
+
+class Recovery:
+    """Walk a log directory the way replay does.
+
+    After ``records()`` was exhausted, the attributes describe the log:
+    ``covered`` (seq covered by the snapshot used, 0 if none),
+    ``snapshot`` (its path or None), ``segments`` (the (first_seq, path) list
+    replay used), ``stale_segments`` (wholly covered by the snapshot),
+    ``stale_snapshots``, ``temps``, ``last_seq`` (last valid record),
+    ``tail`` (a ``Tail`` to truncate, or None), ``tail_end`` (end of the
+    valid data in the last segment) and ``meta`` (of the last segment).
+    Anything that cannot be recovered automatically raises CorruptLogError.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        self.layout = list_dir(self.directory)
+        self.covered = 0
+        self.snapshot: Path | None = None
+        self.snapshot_meta: Any = None
+        self.segments: list[tuple[int, Path]] = []
+        self.stale_segments: list[Path] = []
+        self.stale_snapshots: list[Path] = []
+        self.temps = list(self.layout.temps)
+        self.last_seq = 0
+        self.tail: Tail | None = None
+        self.tail_end = 0
+        self.meta: Any = None
+        self.records_done = 0
+        self.complete = False
+        self.snapshot_warnings: list[str] = []
+
+    # -- planning -------------------------------------------------------------
+    def _choose_snapshot(
+        self, decode: bool
+    ) -> tuple[int, Path | None, list[Any], int]:
+        """Newest snapshot that validates and that the segments can continue.
+        A newer snapshot that fails validation is reported (warning) and an
+        older one is used if it exists: snapshots are deleted only after a
+        newer one is complete, so that fallback is consistent."""
+        segs = self.layout.segments
+        first_seg = segs[0][0] if segs else None
+        error: CorruptLogError | None = None
+        for covered, path in reversed(self.layout.snapshots):
+            try:
+                hdr, items, size = read_snapshot(path, decode=decode)
+            except CorruptLogError as exc:
+                error = error or exc
+                self.snapshot_warnings.append(str(exc))
+                continue
+            if hdr.seq != covered:
+                exc = CorruptLogError(path, 0, f"header covers seq {hdr.seq}, name says {covered}")
+                error = error or exc
+                continue
+            if first_seg is not None and first_seg > covered + 1:
+                exc = CorruptLogError(
+                    segs[0][1], 0,
+                    f"log starts at seq {first_seg} but snapshot {path.name} covers only up to {covered}",
+                )
+                error = error or exc
+                continue
+            self.snapshot_meta = hdr.meta
+            self.stale_snapshots = [p for c, p in self.layout.snapshots if c < covered]
+            return covered, path, items, size
+        if error is not None and (first_seg is None or first_seg > 1):
+            raise error
+        return 0, None, [], 0
+
+    # -- the walk -------------------------------------------------------------
+    def records(
+        self, *, decode: bool = True, progress: ProgressFn | None = None
+    ) -> Iterator[Record]:
+        covered, snap_path, items, snap_size = self._choose_snapshot(decode)
+        self.covered = covered
+        self.snapshot = snap_path
+        segs = self.layout.segments
+        # segments whose records are all <= covered are stale (a crash came
+        # between writing the snapshot and deleting them); never the last one
+        start = 0
+        while start + 1 < len(segs) and segs[start + 1][0] <= covered + 1:
+            self.stale_segments.append(segs[start][1])
+            start += 1
+        used = segs[start:]
+        if not used and not snap_path:
+            self.complete = True  # empty directory: a new log
+            return
+        if used and used[0][0] > covered + 1:
+            raise CorruptLogError(
+                used[0][1], 0, f"log starts at seq {used[0][0]}, expected {covered + 1} or earlier"
+            )
+        self.segments = used
+        sizes = [p.stat().st_size for _, p in used]
+        bytes_total = snap_size + sum(sizes)
+        bytes_done = 0
+        done = 0
+        next_report = PROGRESS_EVERY
+
+        if snap_path is not None:
+            new = _new_record
+            for item in items:
+                yield new(Record, (covered, SNAPSHOT, item))
+            done = len(items)
+            bytes_done = snap_size
+            if progress is not None and done >= next_report:
+                progress(done, bytes_done, bytes_total)
+                next_report = done + PROGRESS_EVERY
+            del items
+
+        expect: int | None = None
+        last_seq = covered
+        for idx, (first, path) in enumerate(used):
+            is_last = idx == len(used) - 1
+            data = read_file(path)
+            hdr = read_segment_header(path, data)
+            if hdr.seq != first:
+                raise CorruptLogError(path, 0, f"header says first seq {hdr.seq}, name says {first}")
+            if expect is not None and first != expect:
+                what = "missing segment" if first > expect else "overlapping segments"
+                raise CorruptLogError(
+                    path, 0, f"{what}: segment starts at seq {first}, expected {expect}"
+                )
+            self.meta = hdr.meta
+            scan = _Scan(path, data, hdr.size, first)
+            out: list[Record] | None = [] if decode else None
+            while True:
+                n = scan_chunk(scan, out, covered, PROGRESS_EVERY)
+                if out:
+                    yield from out
+                    out.clear()
+                done += n
+                if progress is not None and done >= next_report:
+                    progress(done, bytes_done + scan.offset, bytes_total)
+                    next_report = done + PROGRESS_EVERY
+                if scan.bad is not None or scan.offset >= scan.end:
+                    break
+            if scan.bad is not None:
+                follow = find_valid_record(data, scan.offset + 1, scan.expect) if is_last else None
+                if not is_last:
+                    raise CorruptLogError(path, scan.offset, scan.bad + " (not in the last segment)")
+                if follow is not None:
+                    raise CorruptLogError(
+                        path, scan.offset, f"{scan.bad}; a valid record follows at offset {follow}"
+                    )
+                self.tail = Tail(path, scan.offset, len(data), scan.bad)
+            expect = scan.expect
+            last_seq = scan.expect - 1
+            bytes_done += len(data)
+            if is_last:
+                self.tail_end = scan.offset
+            del data, scan
+        if last_seq < covered:
+            where = used[-1][1] if used else snap_path
+            raise CorruptLogError(
+                where, self.tail_end,
+                f"log ends at seq {last_seq} but the snapshot covers up to {covered}",
+            )
+        self.last_seq = last_seq
+        self.records_done = done
+        if progress is not None:
+            progress(done, bytes_total, bytes_total)
+        self.complete = True
+
+    def run(self, *, decode: bool = False, progress: ProgressFn | None = None) -> Recovery:
+        """Walk without keeping records (validation only)."""
+        for _ in self.records(decode=decode, progress=progress):
+            pass
+        return self

@@ -1,0 +1,686 @@
+"""``WriteAheadLog``: appending, group commit, rolling, snapshots.
+
+Threads:
+
+* callers (any thread or asyncio task) encode and frame their record in
+  ``append`` and put it on a queue under a short lock that also assigns the
+  sequence number, so queue order == seq order;
+* ONE writer thread takes everything queued, writes it with one ``write``
+  (splitting only at a segment roll), fsyncs once per the policy and
+  publishes the new durable seq: one ``notify_all`` for thread waiters and at
+  most one ``loop.call_soon_threadsafe`` per event loop that has waiters;
+* at most one snapshot thread at a time.
+
+A write or fsync error is fatal: after a failed fsync Linux may have dropped
+the dirty pages and cleared the error, so a retry could "succeed" without the
+data (the PostgreSQL fsync lesson). The log fails every pending and later
+append with ``LogFailedError``; the way back is to reopen and replay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import heapq
+import itertools
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+from crc32c import crc32c
+
+from . import repair
+from .decoder import ProgressFn, Record, Recovery
+from .format import (
+    CRC_STRUCT,
+    SEGMENT_MAGIC,
+    SEQ_BITS,
+    SNAPSHOT_MAGIC,
+    T_OP,
+    T_SNAPSHOT_END,
+    T_SNAPSHOT_ITEM,
+    T_SNAPSHOT_MARKER,
+    TAIL_STRUCT,
+    TMP_SUFFIX,
+    LogFailedError,
+    WALError,
+    encode_file_header,
+    frame,
+    pack,
+    segment_name,
+    snapshot_name,
+)
+
+log = logging.getLogger("wheelsched.wal")
+
+_OP_BITS = T_OP << SEQ_BITS
+_SNAPSHOT_CHUNK = 1 << 20  # bytes of framed snapshot records per write()
+
+
+@dataclass(frozen=True)
+class WALOptions:
+    segment_bytes: int = 64 << 20
+    fsync: str = "always"  # "always" | "interval:<ms>" | "never"
+    snapshot_every_records: int = 1_000_000
+    snapshot_every_bytes: int = 256 << 20
+
+    def __post_init__(self) -> None:
+        self.policy()  # validate early
+        if self.segment_bytes < 4096:
+            raise ValueError("segment_bytes must be at least 4096")
+
+    def policy(self) -> tuple[str, float]:
+        """("always" | "interval" | "never", interval in seconds)."""
+        f = self.fsync
+        if f in ("always", "never"):
+            return f, 0.0
+        if f.startswith("interval:"):
+            try:
+                ms = float(f.split(":", 1)[1])
+            except ValueError:
+                ms = -1.0
+            if ms > 0:
+                return "interval", ms / 1000.0
+        raise ValueError(f"fsync policy must be 'always', 'interval:<ms>' or 'never', not {f!r}")
+
+
+class WriteAheadLog:
+    """A segmented, CRC-framed, group-committed log. See the package
+    docstring for the format and the guarantees; the API is::
+
+        log = WriteAheadLog(dir, WALOptions(...), meta={...})
+        for rec in log.replay(): ...      # optional
+        log.open()
+        seq = log.append(payload); await log.wait_durable(seq)
+        log.close()
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        options: WALOptions | None = None,
+        meta: Any = None,
+        *,
+        _faults: Any = None,
+    ) -> None:
+        self.directory = Path(directory)
+        self.options = options or WALOptions()
+        self.meta = meta
+        pack(meta)  # fail now, not at the first roll, if meta cannot be encoded
+        self._mode, self._interval = self.options.policy()
+        # test-only fault injection: an object with .hit(point) that may raise
+        # or kill the process; checked with one attribute test off the hot path
+        self._faults = _faults
+        self._recovery: Recovery | None = None
+        self._lock_fd = -1
+        self._opened = False
+        self._closed = False
+
+        # append queue (guarded by _qlock)
+        self._qlock = threading.Lock()
+        self._qcv = threading.Condition(self._qlock)
+        self._accepting = False
+        self._refusal: Callable[[], Exception] = lambda: WALError("log is not open (call open())")
+        self._pending: list[bytes] = []
+        self._pending_first = 1
+        self._last_seq = 0
+        self._writer_idle = False
+        self._closing = False
+        self._sync_requests = 0
+        self._snap_records = 0
+        self._snap_bytes = 0
+        self._snap_running = False
+
+        # durability (guarded by _dlock)
+        self._dlock = threading.Lock()
+        self._dcv = threading.Condition(self._dlock)
+        self._durable_seq = 0
+        self._synced_seq = 0
+        self._failed: LogFailedError | None = None
+        self._loops: dict[asyncio.AbstractEventLoop, list[tuple[int, int, asyncio.Future[None]]]] = {}
+        self._scheduled: set[asyncio.AbstractEventLoop] = set()
+        self._tiebreak = itertools.count()
+
+        # segments (list guarded by _seg_lock; fd/size owned by the writer)
+        self._seg_lock = threading.Lock()
+        self._segments: list[tuple[int, Path]] = []
+        self._fd = -1
+        self._seg_size = 0
+        self._seg_header = 0
+        self._written_seq = 0
+        self._next_fsync = 0.0
+        self._writer: threading.Thread | None = None
+        self._snap_thread: threading.Thread | None = None
+        self._snap_error: BaseException | None = None
+        self._covered = 0
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def last_seq(self) -> int:
+        return self._last_seq
+
+    @property
+    def durable_seq(self) -> int:
+        return self._durable_seq
+
+    @property
+    def failed(self) -> BaseException | None:
+        return self._failed
+
+    def __enter__(self) -> WriteAheadLog:
+        if not self._opened:
+            self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _hit(self, point: str) -> None:
+        if self._faults is not None:
+            self._faults.hit(point)
+
+    # ------------------------------------------------------------------ recovery
+    def _lock_dir(self) -> None:
+        if self._lock_fd >= 0:
+            return
+        created = not self.directory.exists()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if created:
+            repair.fsync_dir(self.directory.parent)
+        fd = os.open(self.directory / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            raise WALError(f"{self.directory}: log is in use by another process") from exc
+        self._lock_fd = fd
+
+    def replay(self, progress: ProgressFn | None = None) -> Iterator[Record]:
+        """Yield the snapshot's items (kind SNAPSHOT, seq = the seq it covers),
+        then every OP after it in seq order. Read-only: the repairs it finds
+        necessary (torn tail, temp files) are made by open()."""
+        if self._opened:
+            raise WALError("replay() must be called before open()")
+        self._lock_dir()
+        self._recovery = None
+        rec = Recovery(self.directory)
+        yield from rec.records(decode=True, progress=progress)
+        self._recovery = rec
+
+    def open(self) -> None:
+        """Recover (if replay() did not run to the end) and start appending."""
+        if self._opened:
+            raise WALError("log already opened")
+        self._lock_dir()
+        rec = self._recovery
+        if rec is None or not rec.complete:
+            rec = Recovery(self.directory).run(decode=False)
+        self._recovery = None
+        for warning in rec.snapshot_warnings:
+            log.warning("wal: ignoring snapshot: %s", warning)
+        if rec.temps:
+            repair.remove_files(self.directory, rec.temps)
+        if rec.tail is not None:
+            side = repair.truncate_tail(rec.tail)
+            log.warning(
+                "wal: torn tail in %s at offset %d (%s): cut %d bytes, kept in %s",
+                rec.tail.path, rec.tail.offset, rec.tail.reason,
+                rec.tail.size - rec.tail.offset, side.name,
+            )
+        repair.remove_files(self.directory, rec.stale_segments + rec.stale_snapshots)
+        self._covered = rec.covered
+        self._segments = list(rec.segments)
+        last = rec.last_seq
+        self._last_seq = self._written_seq = self._durable_seq = self._synced_seq = last
+        self._pending_first = last + 1
+        self._snap_records = last - rec.covered
+        if self._segments:
+            first, path = self._segments[-1]
+            empty = last < first  # no records in the last segment
+            if rec.meta != self.meta and empty:
+                # an empty last segment with stale meta: replace it (same name)
+                self._segments.pop()
+                self._create_segment(first)
+            else:
+                self._fd = os.open(path, os.O_WRONLY)
+                self._seg_size = os.lseek(self._fd, 0, os.SEEK_END)
+                self._seg_header = self._seg_size if empty else 0
+                if rec.meta != self.meta:
+                    self._roll(last + 1)  # new meta (e.g. a new epoch): new segment
+        else:
+            self._create_segment(last + 1)
+        self._snap_bytes = self._seg_size
+        self._next_fsync = time.monotonic() + self._interval
+        with self._qlock:
+            self._accepting = True
+        self._opened = True
+        self._writer = threading.Thread(target=self._writer_main, name="wal-writer", daemon=True)
+        self._writer.start()
+
+    # ------------------------------------------------------------------ appending
+    def append(self, payload: Any) -> int:
+        data = msgpack.packb(payload, use_bin_type=True)
+        n = len(data)
+        with self._qlock:
+            if not self._accepting:
+                raise self._refusal()
+            seq = self._last_seq + 1
+            self._last_seq = seq
+            body = TAIL_STRUCT.pack(n, _OP_BITS | seq) + data
+            self._pending.append(CRC_STRUCT.pack(crc32c(body)) + body)
+            self._snap_records += 1
+            self._snap_bytes += n + 16
+            if self._writer_idle:
+                self._qcv.notify()
+        return seq
+
+    def append_many(self, payloads: Iterable[Any]) -> int:
+        packb = msgpack.packb
+        datas = [packb(p, use_bin_type=True) for p in payloads]
+        tail = TAIL_STRUCT.pack
+        crcp = CRC_STRUCT.pack
+        with self._qlock:
+            if not self._accepting:
+                raise self._refusal()
+            seq = self._last_seq
+            frames = []
+            add = frames.append
+            for data in datas:
+                seq += 1
+                body = tail(len(data), _OP_BITS | seq) + data
+                add(crcp(crc32c(body)) + body)
+            self._pending.extend(frames)
+            self._last_seq = seq
+            self._snap_records += len(datas)
+            self._snap_bytes += sum(map(len, frames))
+            if self._writer_idle and datas:
+                self._qcv.notify()
+        return seq
+
+    def _append_internal(self, rtype: int, payload: Any) -> int:
+        data = pack(payload)
+        with self._qlock:
+            if not self._accepting:
+                raise self._refusal()
+            seq = self._last_seq + 1
+            self._last_seq = seq
+            self._pending.append(frame(rtype, seq, data))
+            if self._writer_idle:
+                self._qcv.notify()
+        return seq
+
+    # ------------------------------------------------------------------ waiting
+    def _failure(self) -> LogFailedError:
+        """A fresh exception per raise (one instance raised in many threads
+        would share and mangle its traceback)."""
+        assert self._failed is not None
+        err = LogFailedError(str(self._failed))
+        err.__cause__ = self._failed.__cause__
+        return err
+
+    async def wait_durable(self, seq: int) -> None:
+        if seq <= self._durable_seq:
+            return
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        with self._dlock:
+            if seq <= self._durable_seq:
+                return
+            if self._failed is not None:
+                raise self._failure()
+            if seq > self._last_seq:
+                raise WALError(f"seq {seq} was never appended (last is {self._last_seq})")
+            heap = self._loops.get(loop)
+            if heap is None:
+                heap = self._loops[loop] = []
+            heapq.heappush(heap, (seq, next(self._tiebreak), fut))
+        await fut
+
+    def wait_durable_sync(self, seq: int, timeout: float | None = None) -> bool:
+        if seq <= self._durable_seq:
+            return True
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._dcv:
+            while seq > self._durable_seq:
+                if self._failed is not None:
+                    raise self._failure()
+                if seq > self._last_seq:
+                    raise WALError(f"seq {seq} was never appended (last is {self._last_seq})")
+                if deadline is None:
+                    self._dcv.wait()
+                else:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self._dcv.wait(left)
+        return True
+
+    def _wake_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        # runs in `loop`'s thread: resolve every waiter the durable seq covers
+        fail: list[asyncio.Future[None]] = []
+        ready: list[asyncio.Future[None]] = []
+        with self._dlock:
+            self._scheduled.discard(loop)
+            heap = self._loops.get(loop)
+            if not heap:
+                return
+            durable = self._durable_seq
+            while heap and heap[0][0] <= durable:
+                ready.append(heapq.heappop(heap)[2])
+            if self._failed is not None and heap:
+                fail = [entry[2] for entry in heap]
+                heap.clear()
+        for fut in ready:
+            if not fut.done():
+                fut.set_result(None)
+        for fut in fail:
+            if not fut.done():
+                fut.set_exception(self._failure())
+
+    def _publish(self, durable: int, synced: int) -> None:
+        wake: list[asyncio.AbstractEventLoop] = []
+        with self._dcv:
+            self._durable_seq = durable
+            self._synced_seq = synced
+            self._dcv.notify_all()
+            failed = self._failed is not None
+            for loop, heap in self._loops.items():
+                if heap and (failed or heap[0][0] <= durable) and loop not in self._scheduled:
+                    self._scheduled.add(loop)
+                    wake.append(loop)
+        for loop in wake:
+            try:
+                loop.call_soon_threadsafe(self._wake_loop, loop)
+            except RuntimeError:  # loop closed: its waiters are gone with it
+                with self._dlock:
+                    self._loops.pop(loop, None)
+                    self._scheduled.discard(loop)
+
+    # ------------------------------------------------------------------ writer
+    def _writer_main(self) -> None:
+        always = self._mode == "always"
+        interval = self._mode == "interval"
+        try:
+            while True:
+                with self._qcv:
+                    while not self._pending and not self._closing and not self._sync_requests:
+                        timeout = None
+                        if interval and self._written_seq > self._synced_seq:
+                            timeout = self._next_fsync - time.monotonic()
+                            if timeout <= 0:
+                                break
+                        self._writer_idle = True
+                        self._qcv.wait(timeout)
+                        self._writer_idle = False
+                    batch = self._pending
+                    first = self._pending_first
+                    self._pending = []
+                    self._pending_first = first + len(batch)
+                    closing = self._closing
+                    sync_req = self._sync_requests
+                    self._sync_requests = 0
+                if batch:
+                    self._write_batch(batch, first)
+                    self._written_seq = first + len(batch) - 1
+                synced = self._synced_seq
+                dirty = self._written_seq > synced
+                if dirty and (
+                    always
+                    or closing
+                    or sync_req
+                    or (interval and time.monotonic() >= self._next_fsync)
+                ):
+                    self._fsync()
+                    synced = self._written_seq
+                    if interval:
+                        self._next_fsync = time.monotonic() + self._interval
+                elif sync_req:
+                    synced = self._written_seq
+                if batch or synced != self._synced_seq or sync_req:
+                    self._publish(synced if always else self._written_seq, synced)
+                if closing:
+                    with self._qlock:
+                        if not self._pending:
+                            break
+        except BaseException as exc:  # any writer failure is fatal for the log
+            self._fail(exc)
+
+    def _fsync(self) -> None:
+        self._hit("fsync")
+        os.fdatasync(self._fd)
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+
+    def _write_batch(self, batch: list[bytes], first: int) -> None:
+        limit = self.options.segment_bytes
+        total = sum(map(len, batch))
+        if self._seg_size + total <= limit:
+            self._write_all(b"".join(batch) if len(batch) > 1 else batch[0])
+            self._seg_size += total
+            self._hit("write.after_write")
+            return
+        # slow path: split at segment boundaries; a record never spans two
+        # segments, and a record larger than a segment gets one of its own
+        i, n = 0, len(batch)
+        while i < n:
+            room = limit - self._seg_size
+            j, size = i, 0
+            while j < n and size + len(batch[j]) <= room:
+                size += len(batch[j])
+                j += 1
+            if j == i and self._seg_size == self._seg_header:
+                size, j = len(batch[i]), i + 1
+            if j == i:
+                self._roll(first + i)
+                continue
+            self._write_all(b"".join(batch[i:j]))
+            self._seg_size += size
+            i = j
+        self._hit("write.after_write")
+
+    def _roll(self, next_seq: int) -> None:
+        # the finished segment must be complete on disk before a later one
+        # exists: recovery treats a bad record in a non-last segment as
+        # corruption, never as a torn tail
+        self._hit("roll.before_fsync_old")
+        os.fdatasync(self._fd)
+        os.close(self._fd)
+        self._fd = -1
+        self._create_segment(next_seq)
+
+    def _create_segment(self, first_seq: int) -> None:
+        path = self.directory / segment_name(first_seq)
+        tmp = path.with_name(path.name + TMP_SUFFIX)
+        header = encode_file_header(SEGMENT_MAGIC, first_seq, self.meta)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(header)
+            while view:
+                view = view[os.write(fd, view) :]
+            self._hit("roll.after_tmp_write")
+            os.fsync(fd)
+            self._hit("roll.after_tmp_fsync")
+            os.rename(tmp, path)
+            self._hit("roll.after_rename")
+            repair.fsync_dir(self.directory)
+            self._hit("roll.after_dirsync")
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        self._seg_size = self._seg_header = len(header)
+        with self._seg_lock:
+            self._segments.append((first_seq, path))
+
+    def _fail(self, exc: BaseException) -> None:
+        if isinstance(exc, OSError):
+            what = f"{exc.strerror or exc} ({type(exc).__name__}, errno {exc.errno})"
+        else:
+            what = f"{type(exc).__name__}: {exc}"
+        err = LogFailedError(
+            f"write-ahead log {self.directory} failed and refuses appends: {what}; "
+            "reopen and replay to continue"
+        )
+        err.__cause__ = exc
+        log.error("wal: %s", err)
+        with self._qlock:
+            self._failed = err
+            self._accepting = False
+            self._refusal = self._failure
+            self._pending = []
+            self._qcv.notify_all()
+        self._publish(self._durable_seq, self._synced_seq)
+
+    # ------------------------------------------------------------------ snapshots
+    def snapshot_due(self) -> bool:
+        o = self.options
+        return self._snap_records >= o.snapshot_every_records or self._snap_bytes >= o.snapshot_every_bytes
+
+    def snapshot(self, records: Iterable[Any]) -> bool:
+        with self._qlock:
+            if not self._accepting:
+                raise self._refusal()
+            if self._snap_running:
+                return False
+            self._snap_running = True
+            covered = self._last_seq
+            self._snap_records = 0
+            self._snap_bytes = 0
+        self._snap_error = None
+        t = threading.Thread(
+            target=self._snapshot_main, args=(records, covered), name="wal-snapshot", daemon=True
+        )
+        self._snap_thread = t
+        t.start()
+        return True
+
+    def wait_snapshot(self, timeout: float | None = None) -> bool:
+        """Wait for the in-flight snapshot. True when none is running (any
+        more); raises WALError if it failed (the log itself carries on)."""
+        t = self._snap_thread
+        if t is not None:
+            t.join(timeout)
+            if t.is_alive():
+                return False
+        err = self._snap_error
+        if err is not None:
+            self._snap_error = None
+            raise WALError(f"snapshot failed: {err}") from err
+        return True
+
+    def _request_sync(self, seq: int) -> None:
+        """Block until the log is fsynced through ``seq`` (whatever the policy)."""
+        with self._qcv:
+            self._sync_requests += 1
+            self._qcv.notify()
+        with self._dcv:
+            while self._synced_seq < seq:
+                if self._failed is not None:
+                    raise self._failure()
+                self._dcv.wait(0.5)
+
+    def _snapshot_main(self, records: Iterable[Any], covered: int) -> None:
+        path = self.directory / snapshot_name(covered)
+        tmp = path.with_name(path.name + TMP_SUFFIX)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                chunk: list[bytes] = [encode_file_header(SNAPSHOT_MAGIC, covered, self.meta)]
+                size = 0
+                count = 0
+                packb = msgpack.packb
+                for item in records:
+                    count += 1
+                    data = packb(item, use_bin_type=True)
+                    chunk.append(frame(T_SNAPSHOT_ITEM, count, data))
+                    size += len(data) + 16
+                    if size >= _SNAPSHOT_CHUNK:
+                        _write_fd(fd, b"".join(chunk))
+                        chunk.clear()
+                        size = 0
+                        time.sleep(0)  # let the fire path have the GIL between chunks
+                chunk.append(frame(T_SNAPSHOT_END, count + 1, pack(count)))
+                _write_fd(fd, b"".join(chunk))
+                self._hit("snapshot.after_write")
+                # the snapshot reflects every record <= covered: those must be
+                # on disk in the log before the snapshot may replace them,
+                # otherwise a crash could leave a snapshot ahead of the log
+                self._request_sync(covered)
+                self._hit("snapshot.before_fsync")
+                os.fsync(fd)
+                self._hit("snapshot.after_fsync")
+            finally:
+                os.close(fd)
+            os.rename(tmp, path)
+            self._hit("snapshot.after_rename")
+            repair.fsync_dir(self.directory)
+            self._hit("snapshot.after_dirsync")
+            marker = self._append_internal(T_SNAPSHOT_MARKER, {"covers": covered, "file": path.name})
+            self.wait_durable_sync(marker)
+            self._hit("snapshot.after_marker")
+            self._covered = covered
+            with self._seg_lock:
+                segs = self._segments
+                drop = 0
+                while drop + 1 < len(segs) and segs[drop + 1][0] <= covered + 1:
+                    drop += 1
+                stale = [p for _, p in segs[:drop]]
+                del segs[:drop]
+            self._hit("snapshot.before_delete_segments")
+            repair.remove_files(self.directory, stale)
+            self._hit("snapshot.after_delete_segments")
+            old = [
+                self.directory / e.name
+                for e in os.scandir(self.directory)
+                if e.name.endswith(".snap") and e.name < path.name
+            ]
+            repair.remove_files(self.directory, old)
+            self._hit("snapshot.after_delete_snapshots")
+        except BaseException as exc:  # reported through wait_snapshot
+            self._snap_error = exc
+            log.error("wal: snapshot covering seq %d failed: %s", covered, exc)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        finally:
+            with self._qlock:
+                self._snap_running = False
+
+    # ------------------------------------------------------------------ closing
+    def close(self) -> None:
+        """Write and fsync everything queued, stop the writer. Idempotent."""
+        if self._closed:
+            return
+        t = self._snap_thread
+        if t is not None:
+            t.join()
+        with self._qlock:
+            self._closing = True
+            if self._failed is None:
+                self._refusal = lambda: LogFailedError("write-ahead log is closed")
+            self._accepting = False
+            self._qcv.notify_all()
+        if self._writer is not None:
+            self._writer.join()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+        self._closed = True
+
+
+def _write_fd(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
