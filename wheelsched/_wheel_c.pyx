@@ -1,0 +1,174 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""C timing wheel (csrc/wheel.c) behind the same API as the pure-Python twin
+``wheelsched._wheel_py.PyTimingWheel``; see that module for the semantics."""
+
+from cpython.array cimport array, clone
+from cpython.buffer cimport (
+    PyBUF_C_CONTIGUOUS,
+    PyBUF_FORMAT,
+    PyBuffer_Release,
+    PyObject_CheckBuffer,
+    PyObject_GetBuffer,
+)
+from libc.stdint cimport int64_t
+
+import array as _array_mod
+
+cdef array _Q_TEMPLATE = _array_mod.array("q")
+
+# Buffer formats that are exactly a C int64 on the platforms we build for
+# ("l" is 8 bytes on LP64 Linux/macOS; itemsize is checked too).
+cdef frozenset _INT64_FORMATS = frozenset(
+    {"q", "@q", "=q", "<q", "l", "@l", "=l", "<l"} if _array_mod.array("l").itemsize == 8
+    else {"q", "@q", "=q", "<q"}
+)
+
+
+cdef int _raise(int rc, object key=None) except -1:
+    if rc == WHEEL_ENOMEM:
+        raise MemoryError("timing wheel: out of memory")
+    if rc == WHEEL_EEXIST:
+        raise KeyError(key)
+    if rc == WHEEL_ENOENT:
+        raise KeyError(key)
+    if rc == WHEEL_EFULL:
+        raise MemoryError(f"timing wheel: more than {wheel_max_timers()} pending timers")
+    if rc == WHEEL_EINVAL:
+        raise ValueError(f"timer id must be in [0, 2**63), got {key!r}")
+    if rc == WHEEL_EBUSY:
+        raise RuntimeError("timing wheel: re-entrant call while advance() collects")
+    raise SystemError(f"timing wheel: unexpected error {rc}")
+
+
+cdef object _as_int64_exporter(object seq):
+    """An object exporting ``seq`` as a C-contiguous int64 buffer: ``seq``
+    itself when it already is one (array('q'), memoryview of 'q' ...), else a
+    converted array('q') (lists, ranges, buffers of other integer types)."""
+    cdef memoryview mv
+    if PyObject_CheckBuffer(seq):
+        mv = memoryview(seq)
+        if (
+            mv.ndim == 1
+            and mv.itemsize == 8
+            and mv.format in _INT64_FORMATS
+            and mv.c_contiguous
+        ):
+            return seq
+    return _array_mod.array("q", seq)
+
+
+cdef class TimingWheel:
+    """Hierarchical timing wheel over int64 ticks, in C."""
+
+    def __cinit__(self, int64_t now=0):
+        self._w = wheel_new(now)
+        if self._w == NULL:
+            raise MemoryError("timing wheel: out of memory")
+
+    def __dealloc__(self):
+        wheel_free(self._w)
+
+    def insert(self, int64_t timer_id, int64_t deadline) -> None:
+        """Add a timer; KeyError if ``timer_id`` is already pending."""
+        cdef int rc = wheel_insert(self._w, timer_id, deadline)
+        if rc != WHEEL_OK:
+            _raise(rc, timer_id)
+
+    def insert_many(self, timer_ids, deadlines) -> None:
+        """Add many timers at once, all or nothing."""
+        cdef object ids_obj = _as_int64_exporter(timer_ids)
+        cdef object dls_obj = _as_int64_exporter(deadlines)
+        cdef Py_buffer ids_buf
+        cdef Py_buffer dls_buf
+        cdef size_t n, bad = 0
+        cdef int rc
+        PyObject_GetBuffer(ids_obj, &ids_buf, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
+        try:
+            PyObject_GetBuffer(dls_obj, &dls_buf, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
+            try:
+                n = <size_t>(ids_buf.len // 8)
+                if n != <size_t>(dls_buf.len // 8):
+                    raise ValueError(
+                        f"timer_ids and deadlines differ in length: {n} != {dls_buf.len // 8}"
+                    )
+                rc = wheel_insert_many(
+                    self._w, <const int64_t *>ids_buf.buf, <const int64_t *>dls_buf.buf, n, &bad
+                )
+                if rc != WHEEL_OK:
+                    if rc == WHEEL_EEXIST or rc == WHEEL_EINVAL:
+                        _raise(rc, (<const int64_t *>ids_buf.buf)[bad])
+                    _raise(rc)
+            finally:
+                PyBuffer_Release(&dls_buf)
+        finally:
+            PyBuffer_Release(&ids_buf)
+
+    def cancel(self, int64_t timer_id) -> bool:
+        """Remove a pending timer; True if it was pending."""
+        cdef int rc = wheel_cancel(self._w, timer_id)
+        if rc < 0:
+            _raise(rc, timer_id)
+        return rc == 1
+
+    def advance(self, int64_t now) -> array:
+        """Move to tick ``now``; return the ids of every timer due by then, as
+        an array('q') ordered by deadline."""
+        cdef size_t n = 0
+        cdef int rc = wheel_advance(self._w, now, &n)
+        cdef array out
+        if rc == WHEEL_EBACKWARDS:
+            raise ValueError(f"cannot advance backwards: now={wheel_now(self._w)}, asked {now}")
+        if rc != WHEEL_OK:
+            _raise(rc)
+        try:
+            out = clone(_Q_TEMPLATE, <Py_ssize_t>n, False)
+        except BaseException:
+            wheel_unfire(self._w)  # keep them pending: they fire next time
+            raise
+        wheel_collect(self._w, <int64_t *>out.data.as_longlongs)
+        return out
+
+    def next_expiry(self):
+        """A tick at or before the earliest deadline at which advance() has
+        work to do; None when no timer is pending."""
+        cdef int64_t tick
+        if wheel_next_expiry(self._w, &tick):
+            return tick
+        return None
+
+    def deadline(self, int64_t timer_id) -> int:
+        """The deadline of a pending timer; KeyError if it is not pending."""
+        cdef int64_t d
+        if timer_id < 0:
+            _raise(WHEEL_EINVAL, timer_id)
+        if wheel_deadline(self._w, timer_id, &d) != WHEEL_OK:
+            raise KeyError(timer_id)
+        return d
+
+    def clear(self) -> None:
+        """Drop every pending timer (the current tick stays)."""
+        cdef int rc = wheel_clear(self._w)
+        if rc != WHEEL_OK:
+            _raise(rc)
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the wheel (C structures, plus this object)."""
+        return wheel_memory_bytes(self._w) + sizeof(TimingWheel)
+
+    @property
+    def now(self) -> int:
+        """The current tick."""
+        return wheel_now(self._w)
+
+    def __len__(self) -> int:
+        return wheel_len(self._w)
+
+    def __contains__(self, timer_id) -> bool:
+        if type(timer_id) is not int and not isinstance(timer_id, int):
+            return False
+        if timer_id < 0 or timer_id >= 2**63:
+            return False
+        return wheel_contains(self._w, <int64_t>timer_id) == 1
+
+    def __repr__(self) -> str:
+        return f"<TimingWheel (C) now={self.now} pending={len(self)}>"

@@ -1,0 +1,29 @@
+"""The timing wheel: the C implementation when it is built, else the twin.
+
+``TimingWheel`` is ``wheelsched._wheel_c.TimingWheel`` when the extension
+imports and ``WHEELSCHED_PURE_PYTHON`` is unset (or "" or "0"), otherwise the
+pure-Python ``PyTimingWheel``, which is always exported too (the way
+msgpack-python and yarl pick their implementations). ``IMPLEMENTATION`` says
+which one ``TimingWheel`` is: ``"c"`` or ``"python"``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from wheelsched._wheel_py import PyTimingWheel
+
+IMPLEMENTATION: str
+if os.environ.get("WHEELSCHED_PURE_PYTHON", "") not in ("", "0"):
+    TimingWheel: type = PyTimingWheel
+    IMPLEMENTATION = "python"
+else:
+    try:
+        from wheelsched._wheel_c import TimingWheel
+    except ImportError:  # extension not built: fall back to the twin
+        TimingWheel = PyTimingWheel
+        IMPLEMENTATION = "python"
+    else:
+        IMPLEMENTATION = "c"
+
+__all__ = ["IMPLEMENTATION", "PyTimingWheel", "TimingWheel"]
