@@ -1,0 +1,48 @@
+"""The scheduling engine: job model, shards and the apply function, the
+rules of a job's life. No I/O of its own (clock, log, randomness passed in)."""
+
+from wheelsched.engine.engine import (
+    AckItem,
+    Delivery,
+    Engine,
+    EngineConfig,
+    Extension,
+    ItemResult,
+    RecoveryStats,
+    Subscription,
+    Waits,
+    shard_of,
+)
+from wheelsched.engine.model import (
+    FINAL_STATES,
+    US,
+    Defaults,
+    Job,
+    JobRequest,
+    JobState,
+    Limits,
+    Misfire,
+    ScheduleKind,
+)
+
+__all__ = [
+    "FINAL_STATES",
+    "US",
+    "AckItem",
+    "Defaults",
+    "Delivery",
+    "Engine",
+    "EngineConfig",
+    "Extension",
+    "ItemResult",
+    "Job",
+    "JobRequest",
+    "JobState",
+    "Limits",
+    "Misfire",
+    "RecoveryStats",
+    "ScheduleKind",
+    "Subscription",
+    "Waits",
+    "shard_of",
+]

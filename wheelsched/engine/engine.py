@@ -1,0 +1,652 @@
+"""The scheduling engine: every shard of a node, and the rules of a job's life.
+
+The engine does no I/O of its own. It is given a clock (``() -> int`` µs), a
+function that opens a shard's log, and a source of randomness (backoff
+jitter); the node gives it the real clock and write-ahead logs, tests give
+it a manual clock and in-memory logs. It is not thread-safe: the node calls
+it from its event-loop thread only.
+
+Write path (DESIGN §1): validate → append the op to the shard's log → apply
+it → the caller replies only after the log made the op durable. Methods that
+write return ``Waits``: the (log, seq) pairs the caller must await before it
+answers. Reads (``get``, ``list``) see applied state.
+
+Fire path: ``tick()`` advances each shard's wheel to the clock, moves due
+jobs into per-queue ready heaps (higher priority first, then earlier due,
+then FIFO), and ``_dispatch`` hands them to subscribed workers within their
+in-flight credit, logging one DISPATCH op per shard per round. Dispatches do
+not wait for the log: delivery is at-least-once, and a dispatch lost in a
+crash only means the job is delivered again under the next epoch.
+
+Epochs: each recovery starts a new epoch per shard (``EPOCH`` op, durable
+before the node serves). Leases from an older epoch are released at once
+(the job is due again, the lost attempt counted), and acks quoting an older
+epoch are refused — so (job id, attempt, epoch) names one delivery.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import crc32c
+
+from wheelsched import cron
+from wheelsched.engine.model import (
+    FINAL_STATES,
+    STATUS_START,
+    US,
+    Defaults,
+    Job,
+    JobRequest,
+    JobState,
+    Limits,
+    ScheduleKind,
+    backoff_us,
+    build_job,
+    check_job_id,
+    spec_of,
+)
+from wheelsched.engine.shard import DISPATCH, EPOCH, SCHEDULE, UPDATE, Shard
+from wheelsched.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    WheelschedError,
+)
+
+_SCHEDULED = int(JobState.SCHEDULED)
+_DISPATCHED = int(JobState.DISPATCHED)
+_SUCCEEDED = int(JobState.SUCCEEDED)
+_DEAD = int(JobState.DEAD)
+_CANCELLED = int(JobState.CANCELLED)
+_CRON = int(ScheduleKind.CRON)
+
+Waits = dict  # log -> highest seq the caller must see durable before replying
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    shard_count: int = 16
+    # Wheel resolution. A due time is rounded up to the next tick, so the
+    # tick adds up to one tick (half on average) of lateness; the ticker
+    # sleeps until the next due tick, so a fine tick costs little when idle.
+    tick_us: int = 100
+    limits: Limits = field(default_factory=Limits)
+    defaults: Defaults = field(default_factory=Defaults)
+    # A cron occurrence later than this when it can fire is a misfire.
+    misfire_threshold_us: int = 60 * US
+    # How long final jobs stay listable (and their ids stay idempotent).
+    retention_us: int = 86_400 * US
+    dead_retention_us: int = 7 * 86_400 * US
+    # Lease extensions may reach at most this many lease timeouts ahead.
+    max_extension_leases: int = 10
+
+
+class AckItem(NamedTuple):
+    job_id: str
+    attempt: int
+    epoch: int
+    success: bool
+    error: str = ""
+    retryable: bool = True
+
+
+class Extension(NamedTuple):
+    job_id: str
+    attempt: int
+    epoch: int
+    extend_by_us: int
+
+
+class ItemResult(NamedTuple):
+    """Per-item result of a batch of acks or extensions: ``error`` is None on success."""
+
+    job_id: str
+    attempt: int
+    error: WheelschedError | None
+    lease_deadline_us: int = 0
+
+
+class Delivery(NamedTuple):
+    job: Job  # as leased: state DISPATCHED, attempt, next_us = lease deadline
+    shard: int
+    epoch: int
+    due_us: int  # when this attempt was due (the fire time, or the retry time)
+
+
+class Subscription:
+    """A worker stream's subscription: queues and in-flight credit."""
+
+    __slots__ = ("closed", "deliver", "in_flight", "max_in_flight", "name", "queues")
+
+    def __init__(self, queues: tuple[str, ...], max_in_flight: int,
+                 deliver: Callable[[list[Delivery]], None], name: str) -> None:
+        self.queues = queues
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+        self.deliver = deliver
+        self.name = name
+        self.closed = False
+
+
+@dataclass
+class RecoveryStats:
+    records: int = 0
+    snapshot_records: int = 0
+    jobs: int = 0
+    released_leases: int = 0
+    seconds: float = 0.0
+
+
+def shard_key(job_id: str) -> str:
+    """The part of an id that picks its shard: the first ``{tag}`` if there
+    is a non-empty one (co-locating related jobs), else the whole id."""
+    start = job_id.find("{")
+    if start >= 0:
+        end = job_id.find("}", start + 1)
+        if end > start + 1:
+            return job_id[start + 1 : end]
+    return job_id
+
+
+def shard_of(job_id: str, shard_count: int) -> int:
+    """Stable across processes and versions (CRC32C of the UTF-8 key)."""
+    return crc32c.crc32c(shard_key(job_id).encode("utf-8")) % shard_count
+
+
+class Engine:
+    def __init__(
+        self,
+        config: EngineConfig,
+        *,
+        clock: Callable[[], int],
+        open_log: Callable[[int], Any],
+        wheel_factory: Callable[[int], Any],
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.rand = rand
+        self._open_log = open_log
+        self._wheel_factory = wheel_factory
+        retention = {_SUCCEEDED: config.retention_us, _CANCELLED: config.retention_us,
+                     _DEAD: config.dead_retention_us}
+        self._retention_of = retention.__getitem__
+        self.shards: list[Shard] = []
+        # queue -> heap of (-priority, fire_us, seq, shard_id, num)
+        self._ready: dict[str, list] = {}
+        self._ready_seq = 0
+        self._subs: dict[str, list[Subscription]] = {}
+        self._rr: dict[str, int] = {}
+        self._lease_owner: dict[tuple[int, str], Subscription] = {}
+        self.dispatch_paused = False  # set while a node drains for shutdown
+        self.counters: dict[str, int] = dict.fromkeys(
+            ("scheduled", "fired", "dispatched", "succeeded", "failed", "retried", "dead",
+             "cancelled", "lease_expired", "misfired", "requeued", "purged"), 0)
+
+    # ------------------------------------------------------------------ start
+
+    def recover(self, progress: Callable[[int, int], None] | None = None) -> tuple[RecoveryStats, Waits]:
+        """Open every shard's log, replay it, and begin a new epoch.
+
+        Returns stats and the waits that make the new epochs durable; the
+        node must not serve before they are.
+        """
+        stats = RecoveryStats()
+        start = self.clock()
+        now = start
+        tick = now // self.config.tick_us
+        for shard_id in range(self.config.shard_count):
+            log = self._open_log(shard_id)
+            shard = Shard(shard_id, log, self._wheel_factory(tick), tick_us=self.config.tick_us,
+                          retention_us=self._retention_of)
+            for rec in log.replay():
+                if rec.kind == 2:  # SNAPSHOT
+                    shard.restore(rec.payload)
+                    stats.snapshot_records += 1
+                else:
+                    shard.apply(rec.payload)
+                    stats.records += 1
+            log.open()
+            self.shards.append(shard)
+            stats.jobs += len(shard.jobs)
+            if progress is not None:
+                progress(shard_id + 1, self.config.shard_count)
+        waits: Waits = {}
+        for shard in self.shards:
+            self._begin_epoch(shard, shard.epoch + 1, waits)
+            stats.released_leases += self._release_leases(shard, "lease lost: node restarted", waits)
+        stats.seconds = (self.clock() - start) / US
+        return stats, waits
+
+    def _begin_epoch(self, shard: Shard, epoch: int, waits: Waits) -> None:
+        self._write(shard, [EPOCH, epoch], waits)
+
+    def _release_leases(self, shard: Shard, reason: str, waits: Waits) -> int:
+        """Every lease of an older epoch ends now. Its job is due again at
+        once and the lost attempt does not count against max_attempts (the
+        node failed, not the job); the redelivery reuses the attempt number
+        under the new epoch, so (id, attempt, epoch) still names one delivery."""
+        now = self.clock()
+        leased = [j for j in shard.jobs.values() if j.state == _DISPATCHED]
+        for job in leased:
+            self._update(shard, job, waits, state=_SCHEDULED, attempt=job.attempt - 1,
+                         next_us=now, last_error=reason)
+        return len(leased)
+
+    # ------------------------------------------------------------------ writes
+
+    def _write(self, shard: Shard, op: list, waits: Waits | None) -> None:
+        seq = shard.log.append(op)
+        shard.apply(op)
+        if waits is not None:
+            waits[shard.log] = seq
+        if shard.log.snapshot_due():
+            shard.log.snapshot(shard.snapshot_records())
+
+    def shard_for(self, job_id: str) -> Shard:
+        return self.shards[shard_of(job_id, self.config.shard_count)]
+
+    def schedule(self, requests: Sequence[JobRequest]) -> tuple[list[Job], Waits]:
+        """Schedule jobs, all or nothing: every request is validated (and
+        checked against existing jobs and limits) before any is written.
+        Returns the jobs in request order (for an id that exists with the
+        same spec, the existing job: scheduling is idempotent)."""
+        limits = self.config.limits
+        if not requests:
+            raise InvalidArgument("jobs", "at least one job is required")
+        if len(requests) > limits.max_batch_jobs:
+            raise ResourceExhausted(f"jobs: {len(requests)} jobs exceeds the batch limit of "
+                                    f"{limits.max_batch_jobs}")
+        now = self.clock()
+        waits: Waits = {}
+        picked: list[tuple[Shard, str]] = []  # per request: where its job is (or will be)
+        new: dict[str, tuple[Shard, Job]] = {}
+        added: dict[Shard, int] = {}
+        for i, req in enumerate(requests):
+            where = "job" if len(requests) == 1 else f"jobs[{i}]"
+            if not isinstance(req, JobRequest):
+                raise InvalidArgument(where, "is not a job request")
+            if not req.id:
+                req = req._replace(id=uuid.uuid4().hex)
+            check_job_id(req.id, limits, f"{where}.id")
+            shard = self.shard_for(req.id)
+            job = build_job(req, now_us=now, num=shard.next_num + added.get(shard, 0),
+                            limits=limits, defaults=self.config.defaults, field=where)
+            existing = shard.jobs.get(job.id)
+            if existing is None and job.id in new:
+                existing = new[job.id][1]
+            if existing is not None:
+                if spec_of(existing) != spec_of(job):
+                    raise AlreadyExists(f"{where}.id: job {job.id!r} exists with a different spec")
+                # The existing job's own op may not be durable yet: wait for the log's tip.
+                waits[shard.log] = max(waits.get(shard.log, 0), shard.log.last_seq)
+            else:
+                count = added.get(shard, 0) + 1
+                if shard.active + count > limits.max_pending_per_shard:
+                    raise ResourceExhausted(
+                        f"shard {shard.id} holds {shard.active} pending jobs; the limit is "
+                        f"{limits.max_pending_per_shard}")
+                added[shard] = count
+                new[job.id] = (shard, job)
+            picked.append((shard, job.id))
+        # Everything is valid: write, one log call per shard.
+        by_shard: dict[Shard, list[list]] = {}
+        for shard, job in new.values():
+            by_shard.setdefault(shard, []).append([SCHEDULE, job])
+        for shard, ops in by_shard.items():
+            seq = shard.log.append_many(ops)
+            for op in ops:
+                shard.apply(op)
+            waits[shard.log] = max(waits.get(shard.log, 0), seq)
+            if shard.log.snapshot_due():
+                shard.log.snapshot(shard.snapshot_records())
+        self.counters["scheduled"] += len(new)
+        return [shard.jobs[job_id] for shard, job_id in picked], waits
+
+    def cancel(self, job_id: str) -> tuple[Job, Waits]:
+        check_job_id(job_id, self.config.limits)
+        shard = self.shard_for(job_id)
+        job = shard.jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"job {job_id!r} not found")
+        waits: Waits = {shard.log: shard.log.last_seq}
+        if job.state == _CANCELLED:
+            return job, waits
+        if job.state in FINAL_STATES:
+            raise FailedPrecondition(f"job {job_id!r} is {JobState(job.state).name}; only a job "
+                                     "that has not finished can be cancelled")
+        now = self.clock()
+        self._update(shard, job, waits, state=_CANCELLED, next_us=0, finished_us=now)
+        self.counters["cancelled"] += 1
+        return shard.jobs[job_id], waits
+
+    def requeue(self, job_id: str) -> tuple[Job, Waits]:
+        check_job_id(job_id, self.config.limits)
+        shard = self.shard_for(job_id)
+        job = shard.jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"job {job_id!r} not found")
+        if job.state != _DEAD:
+            raise FailedPrecondition(f"job {job_id!r} is {JobState(job.state).name}; only a DEAD "
+                                     "job can be requeued")
+        if shard.active + 1 > self.config.limits.max_pending_per_shard:
+            raise ResourceExhausted(f"shard {shard.id} is at its pending-jobs limit")
+        now = self.clock()
+        waits: Waits = {}
+        self._update(shard, job, waits, state=_SCHEDULED, attempt=0, next_us=now, fire_us=now,
+                     finished_us=0)
+        self.counters["requeued"] += 1
+        return shard.jobs[job_id], waits
+
+    def _update(self, shard: Shard, job: Job, waits: Waits | None, **status: Any) -> None:
+        """Log and apply a change of ``job``'s status fields."""
+        if job.state == _DISPATCHED:
+            self._end_lease(shard.id, job.id)
+        new = job._replace(**status)
+        self._write(shard, [UPDATE, job.id, *new[STATUS_START:]], waits)
+
+    # ------------------------------------------------------------------ reads
+
+    def get(self, job_id: str) -> tuple[Job, Shard]:
+        check_job_id(job_id, self.config.limits)
+        shard = self.shard_for(job_id)
+        job = shard.jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"job {job_id!r} not found")
+        return job, shard
+
+    def list(self, *, queue: str = "", states: Iterable[int] = (), page_size: int = 100,
+             page_token: str = "") -> tuple[list[tuple[Job, Shard]], str]:
+        """Jobs in (shard, id) order. The page token is the last (shard, id)
+        returned, so pages stay consistent while jobs come and go."""
+        if page_size < 0:
+            raise InvalidArgument("page_size", "must not be negative")
+        page_size = min(page_size or 100, 1000)
+        wanted = frozenset(int(s) for s in states)
+        if any(s not in JobState.__members__.values() for s in wanted):
+            raise InvalidArgument("states", "unknown job state")
+        start_shard, after = 0, ""
+        if page_token:
+            shard_part, sep, after = page_token.partition(":")
+            if not sep or not shard_part.isdigit() or int(shard_part) >= len(self.shards):
+                raise InvalidArgument("page_token", "is not a token this node issued")
+            start_shard = int(shard_part)
+        out: list[tuple[Job, Shard]] = []
+        for shard in self.shards[start_shard:]:
+            need = page_size - len(out)
+            ids = (i for i, j in shard.jobs.items()
+                   if i > after and (not queue or j.queue == queue)
+                   and (not wanted or j.state in wanted))
+            chosen = heapq.nsmallest(need + 1, ids)  # one more tells whether the shard has more
+            out.extend((shard.jobs[i], shard) for i in chosen[:need])
+            if len(chosen) > need:
+                return out, f"{shard.id}:{chosen[need - 1]}"
+            after = ""
+            if len(out) == page_size:
+                more = shard.id + 1 < len(self.shards)
+                return out, f"{shard.id + 1}:" if more else ""
+        return out, ""
+
+    # ------------------------------------------------------------------ workers
+
+    def subscribe(self, queues: Sequence[str], max_in_flight: int,
+                  deliver: Callable[[list[Delivery]], None], name: str = "") -> Subscription:
+        limits = self.config.limits
+        if not queues:
+            raise InvalidArgument("queues", "name at least one queue")
+        for q in queues:
+            if not isinstance(q, str) or not q or len(q) > limits.max_queue_chars:
+                raise InvalidArgument("queues", f"invalid queue name {q!r}")
+        if not 1 <= max_in_flight <= limits.max_in_flight:
+            raise InvalidArgument("max_in_flight", f"must be 1-{limits.max_in_flight}")
+        sub = Subscription(tuple(dict.fromkeys(queues)), max_in_flight, deliver, name)
+        for q in sub.queues:
+            self._subs.setdefault(q, []).append(sub)
+        self._dispatch()
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        """The worker's leases stay until they are acked (possibly on a new
+        stream) or run out; only its credit goes away."""
+        sub.closed = True
+        for q in sub.queues:
+            subs = self._subs.get(q)
+            if subs and sub in subs:
+                subs.remove(sub)
+                if not subs:
+                    del self._subs[q]
+
+    def _end_lease(self, shard_id: int, job_id: str) -> None:
+        sub = self._lease_owner.pop((shard_id, job_id), None)
+        if sub is not None:
+            sub.in_flight -= 1
+
+    def _leased(self, job_id: str, attempt: int, epoch: int) -> tuple[Shard, Job]:
+        """The job if (id, attempt, epoch) is its current lease; else why not."""
+        check_job_id(job_id, self.config.limits, "job_id")
+        shard = self.shard_for(job_id)
+        job = shard.jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"job {job_id!r} not found")
+        if epoch != shard.epoch:
+            raise FailedPrecondition(f"stale epoch {epoch} for job {job_id!r}: shard {shard.id} "
+                                     f"is at epoch {shard.epoch}")
+        if job.state != _DISPATCHED or job.attempt != attempt:
+            raise FailedPrecondition(
+                f"attempt {attempt} of job {job_id!r} is not leased (state "
+                f"{JobState(job.state).name}, attempt {job.attempt})")
+        return shard, job
+
+    def ack(self, items: Sequence[AckItem]) -> tuple[list[ItemResult], Waits]:
+        """Apply acks; each item succeeds or fails on its own (no change on failure)."""
+        now = self.clock()
+        waits: Waits = {}
+        results = []
+        for item in items:
+            try:
+                shard, job = self._leased(item.job_id, item.attempt, item.epoch)
+            except WheelschedError as exc:
+                results.append(ItemResult(item.job_id, item.attempt, exc))
+                continue
+            if item.success:
+                self._succeed(shard, job, now, waits)
+            else:
+                error = (item.error or "failed")[:1024]
+                self._fail(shard, job, now, error, item.retryable, waits)
+            results.append(ItemResult(item.job_id, item.attempt, None))
+        self._dispatch()
+        return results, waits
+
+    def extend(self, items: Sequence[Extension]) -> tuple[list[ItemResult], Waits]:
+        now = self.clock()
+        waits: Waits = {}
+        results = []
+        for item in items:
+            try:
+                shard, job = self._leased(item.job_id, item.attempt, item.epoch)
+                limit = job.lease_us * self.config.max_extension_leases
+                if not 0 < item.extend_by_us <= limit:
+                    raise InvalidArgument("extend_by_ms", f"must be positive and at most "
+                                          f"{limit // 1000} ms for job {item.job_id!r}")
+            except WheelschedError as exc:
+                results.append(ItemResult(item.job_id, item.attempt, exc))
+                continue
+            deadline = now + item.extend_by_us
+            # Not through _update: the lease (and its owner) continues.
+            new = job._replace(next_us=deadline)
+            self._write(shard, [UPDATE, job.id, *new[STATUS_START:]], waits)
+            results.append(ItemResult(item.job_id, item.attempt, None, deadline))
+        return results, waits
+
+    # -- outcomes of an attempt ---------------------------------------------------
+
+    def _succeed(self, shard: Shard, job: Job, now: int, waits: Waits | None) -> None:
+        self.counters["succeeded"] += 1
+        if job.kind == _CRON:
+            self._next_execution(shard, job, now, waits, executions=job.executions + 1,
+                                 last_error="")
+        else:
+            self._update(shard, job, waits, state=_SUCCEEDED, next_us=0, finished_us=now,
+                         last_error="")
+
+    def _fail(self, shard: Shard, job: Job, now: int, error: str, retryable: bool,
+              waits: Waits | None) -> None:
+        self.counters["failed"] += 1
+        if retryable and job.attempt < job.max_attempts:
+            self.counters["retried"] += 1
+            delay = backoff_us(job, job.attempt, self.rand())
+            self._update(shard, job, waits, state=_SCHEDULED, next_us=now + delay,
+                         last_error=error)
+        elif job.kind == _CRON:
+            # This execution is dead; the schedule goes on.
+            self.counters["dead"] += 1
+            self._next_execution(shard, job, now, waits, last_error=error,
+                                 dead_executions=job.dead_executions + 1)
+        else:
+            self.counters["dead"] += 1
+            self._update(shard, job, waits, state=_DEAD, next_us=0, finished_us=now,
+                         last_error=error)
+
+    def _next_execution(self, shard: Shard, job: Job, now: int, waits: Waits | None,
+                        **status: Any) -> None:
+        occurrence = cron.next_after(job.cron_expr, job.time_zone, job.fire_us)
+        fire_at, nominal, missed = cron.plan(job.cron_expr, job.time_zone, job.misfire,
+                                             occurrence, now, self.config.misfire_threshold_us)
+        self.counters["misfired"] += missed
+        self._update(shard, job, waits, state=_SCHEDULED, attempt=0, next_us=fire_at,
+                     fire_us=nominal, misfires=job.misfires + missed, **status)
+
+    # ------------------------------------------------------------------ time
+
+    def next_wakeup_us(self) -> int | None:
+        """When ``tick`` next has work: the earliest wheel expiry of any shard
+        (the ticker sleeps until then), or now if jobs wait for a worker."""
+        best = None
+        for shard in self.shards:
+            t = shard.wheel.next_expiry()
+            if t is not None and (best is None or t < best):
+                best = t
+        return None if best is None else best * self.config.tick_us
+
+    def tick(self) -> int:
+        """Fire everything due by the clock; returns how many jobs fired."""
+        now = self.clock()
+        now_tick = now // self.config.tick_us
+        fired_total = 0
+        ready = self._ready
+        for shard in self.shards:
+            wheel = shard.wheel
+            nxt = wheel.next_expiry()
+            if nxt is None or nxt > now_tick:
+                continue
+            fired = wheel.advance(now_tick)
+            if not len(fired):
+                continue
+            jobs, by_num = shard.jobs, shard.by_num
+            shard_ready = shard.ready
+            for num in fired:
+                job = jobs[by_num[num]]
+                state = job.state
+                if state == _SCHEDULED:
+                    if job.kind == _CRON and now - job.next_us > self.config.misfire_threshold_us:
+                        job = self._late_cron(shard, job, now)
+                        if job.next_us > now:
+                            continue  # SKIP: re-armed for its next occurrence
+                    heap = ready.get(job.queue)
+                    if heap is None:
+                        heap = ready[job.queue] = []
+                    self._ready_seq += 1
+                    heapq.heappush(heap, (-job.priority, job.next_us, self._ready_seq, shard.id, num))
+                    shard_ready.add(num)
+                    fired_total += 1
+                elif state == _DISPATCHED:
+                    self.counters["lease_expired"] += 1
+                    self._fail(shard, job, now, "lease expired", True, None)
+                else:
+                    self.counters["purged"] += 1
+                    shard.purge(job)
+        self.counters["fired"] += fired_total
+        if ready:
+            self._dispatch()
+        return fired_total
+
+    def _late_cron(self, shard: Shard, job: Job, now: int) -> Job:
+        fire_at, nominal, missed = cron.plan(job.cron_expr, job.time_zone, job.misfire,
+                                             job.fire_us, now, self.config.misfire_threshold_us)
+        self.counters["misfired"] += missed
+        self._update(shard, job, None, next_us=max(fire_at, 0), fire_us=nominal,
+                     misfires=job.misfires + missed)
+        return shard.jobs[job.id]
+
+    def _dispatch(self) -> None:
+        """Hand ready jobs to subscribers with credit (round robin per queue)."""
+        if not self._ready or not self._subs or self.dispatch_paused:
+            return
+        now = self.clock()
+        shards = self.shards
+        per_shard: dict[Shard, list] = {}
+        per_sub: dict[Subscription, list] = {}
+        owner = self._lease_owner
+        for queue in list(self._ready):
+            subs = [s for s in self._subs.get(queue, ()) if s.in_flight < s.max_in_flight]
+            if not subs:
+                continue
+            heap = self._ready[queue]
+            turn = self._rr.get(queue, 0)
+            while heap and subs:
+                _, due, _, shard_id, num = heapq.heappop(heap)
+                shard = shards[shard_id]
+                if num not in shard.ready:
+                    continue  # changed since it fired (cancelled)
+                shard.ready.discard(num)
+                job = shard.jobs[shard.by_num[num]]
+                turn = (turn + 1) % len(subs)
+                sub = subs[turn]
+                sub.in_flight += 1
+                if sub.in_flight >= sub.max_in_flight:
+                    subs.pop(turn)
+                owner[(shard_id, job.id)] = sub
+                items = per_shard.get(shard)
+                if items is None:
+                    items = per_shard[shard] = []
+                items.append([job.id, job.attempt + 1, now + job.lease_us])
+                lst = per_sub.get(sub)
+                if lst is None:
+                    lst = per_sub[sub] = []
+                lst.append((shard, job.id, due))
+            self._rr[queue] = turn
+            if not heap:
+                del self._ready[queue]
+        if not per_shard:
+            return
+        for shard, items in per_shard.items():
+            self._write(shard, [DISPATCH, items], None)
+            self.counters["dispatched"] += len(items)
+        for sub, lst in per_sub.items():
+            sub.deliver([Delivery(shard.jobs[job_id], shard.id, shard.epoch, due)
+                         for shard, job_id, due in lst])
+
+    # ------------------------------------------------------------------ status
+
+    def pending_count(self) -> int:
+        return sum(s.active for s in self.shards)
+
+    def ready_count(self) -> int:
+        return sum(len(s.ready) for s in self.shards)
+
+    def snapshot_all(self) -> None:
+        """Start a snapshot of every shard (graceful shutdown, tests)."""
+        for shard in self.shards:
+            shard.log.snapshot(shard.snapshot_records())
+
+    def close(self) -> None:
+        for shard in self.shards:
+            shard.log.close()

@@ -1,0 +1,1 @@
+"""The node: engine + write-ahead logs + ticker, served over gRPC."""

@@ -1,0 +1,271 @@
+"""gRPC servicers: thin translations between the API and the engine.
+
+Each RPC validates and converts its request, calls the engine on the loop
+thread, waits for the write-ahead log to make the change durable, and only
+then answers. Errors are ``WheelschedError``s, turned into status codes by
+``wheelsched.status`` in the ``rpc`` decorator and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from typing import TYPE_CHECKING
+
+import grpc
+
+from wheelsched import __version__
+from wheelsched.engine import AckItem, Extension
+from wheelsched.errors import InvalidArgument, ResourceExhausted, WheelschedError
+from wheelsched.server import convert
+from wheelsched.status import code_number, status_code
+from wheelsched.v1 import (
+    job_pb2,
+    node_pb2,
+    node_pb2_grpc,
+    scheduler_pb2,
+    scheduler_pb2_grpc,
+    worker_pb2,
+    worker_pb2_grpc,
+)
+
+if TYPE_CHECKING:
+    from wheelsched.server.node import Node
+
+log = logging.getLogger("wheelsched.server")
+_FULL = job_pb2.JobView.FULL
+DEFAULT_MAX_IN_FLIGHT = 64
+
+
+def rpc(method):
+    """Map WheelschedError to its status code (the one place servicers do it)."""
+
+    @functools.wraps(method)
+    async def wrapper(self, request, context):
+        try:
+            return await method(self, request, context)
+        except WheelschedError as exc:
+            await context.abort(status_code(exc), str(exc))
+
+    return wrapper
+
+
+class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.engine = node.engine
+
+    def _job(self, job, shard, view) -> job_pb2.Job:
+        return convert.job_to_proto(job, shard.id, shard.epoch, view == _FULL)
+
+    @rpc
+    async def ScheduleJob(self, request, context):
+        self.node.check_writable()
+        req = convert.job_request(request.job)
+        jobs, waits = self.engine.schedule([req])
+        self.node.after_write()
+        await self.node.wait_durable(waits)
+        job = jobs[0]
+        return self._job(job, self.engine.shard_for(job.id), request.view)
+
+    @rpc
+    async def BatchScheduleJobs(self, request, context):
+        self.node.check_writable()
+        limit = self.engine.config.limits.max_batch_jobs
+        if len(request.jobs) > limit:
+            raise ResourceExhausted(f"jobs: {len(request.jobs)} jobs exceeds the batch limit of {limit}")
+        reqs = [convert.job_request(pb, f"jobs[{i}]") for i, pb in enumerate(request.jobs)]
+        jobs, waits = self.engine.schedule(reqs)
+        self.node.after_write()
+        await self.node.wait_durable(waits)
+        resp = scheduler_pb2.BatchScheduleJobsResponse()
+        full = request.view == _FULL
+        shard_for = self.engine.shard_for
+        add = resp.jobs.add
+        for job in jobs:
+            shard = shard_for(job.id)
+            convert.job_to_proto(job, shard.id, shard.epoch, full, add())
+        return resp
+
+    @rpc
+    async def GetJob(self, request, context):
+        job, shard = self.engine.get(request.id)
+        return self._job(job, shard, request.view)
+
+    @rpc
+    async def ListJobs(self, request, context):
+        page, token = self.engine.list(queue=request.queue, states=list(request.states),
+                                       page_size=request.page_size, page_token=request.page_token)
+        resp = scheduler_pb2.ListJobsResponse(next_page_token=token)
+        full = request.view == _FULL
+        for job, shard in page:
+            convert.job_to_proto(job, shard.id, shard.epoch, full, resp.jobs.add())
+        return resp
+
+    @rpc
+    async def CancelJob(self, request, context):
+        self.node.check_writable()
+        job, waits = self.engine.cancel(request.id)
+        self.node.after_write()
+        await self.node.wait_durable(waits)
+        return self._job(job, self.engine.shard_for(job.id), request.view)
+
+    @rpc
+    async def RequeueJob(self, request, context):
+        self.node.check_writable()
+        job, waits = self.engine.requeue(request.id)
+        self.node.after_write()
+        await self.node.wait_durable(waits)
+        return self._job(job, self.engine.shard_for(job.id), request.view)
+
+
+def _results(results) -> list[worker_pb2.AckResult]:
+    out = []
+    for r in results:
+        res = worker_pb2.AckResult(job_id=r.job_id, attempt=r.attempt)
+        if r.error is not None:
+            res.code = code_number(r.error)
+            res.message = str(r.error)
+        elif r.lease_deadline_us:
+            convert.set_ts(res.lease_deadline, r.lease_deadline_us)
+        out.append(res)
+    return out
+
+
+def _ack_items(acks) -> list[AckItem]:
+    return [AckItem(a.job_id, a.attempt, a.epoch, a.success, a.error, a.retryable) for a in acks]
+
+
+def _extensions(exts) -> list[Extension]:
+    return [Extension(e.job_id, e.attempt, e.epoch, e.extend_by_ms * 1000) for e in exts]
+
+
+class WorkerService(worker_pb2_grpc.WorkerServicer):
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.engine = node.engine
+
+    @rpc
+    async def Ack(self, request, context):
+        self.node.check_writable()
+        results, waits = self.engine.ack(_ack_items(request.acks))
+        self.node.after_write()
+        await self.node.wait_durable(waits)
+        return worker_pb2.AckResponse(results=_results(results))
+
+    @rpc
+    async def ExtendLeases(self, request, context):
+        self.node.check_writable()
+        results, waits = self.engine.extend(_extensions(request.extensions))
+        self.node.after_write()
+        await self.node.wait_durable(waits)
+        return worker_pb2.ExtendLeasesResponse(results=_results(results))
+
+    async def StreamJobs(self, request_iterator, context):
+        node = self.node
+        engine = self.engine
+        try:
+            first = await anext(aiter(request_iterator))
+        except StopAsyncIteration:
+            return
+        try:
+            node.check_writable()
+            queues = list(first.queues)
+            max_in_flight = first.max_in_flight or DEFAULT_MAX_IN_FLIGHT
+            if first.max_in_flight < 0:
+                raise InvalidArgument("max_in_flight", "must not be negative")
+        except WheelschedError as exc:
+            await context.abort(status_code(exc), str(exc))
+        out: asyncio.Queue = asyncio.Queue()
+        put = out.put_nowait
+        dispatches = convert.dispatches
+
+        def deliver(deliveries) -> None:
+            put(dispatches(deliveries))
+
+        try:
+            sub = engine.subscribe(queues, max_in_flight, deliver, first.worker_id or context.peer())
+        except WheelschedError as exc:
+            await context.abort(status_code(exc), str(exc))
+        node.streams.add(out)
+        pending: set[asyncio.Task] = set()
+
+        async def confirm(waits, field: str, results) -> None:
+            try:
+                await node.wait_durable(waits)
+            except WheelschedError as exc:
+                for r in results:
+                    r.code = code_number(exc)
+                    r.message = str(exc)
+            msg = worker_pb2.StreamJobsResponse()
+            getattr(msg, field).extend(results)
+            put(msg)
+
+        def settle(results, waits, field: str) -> None:
+            node.after_write()
+            task = asyncio.create_task(confirm(waits, field, _results(results)))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+
+        def handle(req) -> None:
+            if req.acks:
+                settle(*engine.ack(_ack_items(req.acks)), "ack_results")
+            if req.extensions:
+                settle(*engine.extend(_extensions(req.extensions)), "extension_results")
+
+        async def read() -> None:
+            try:
+                handle(first)
+                async for req in request_iterator:
+                    handle(req)
+            except (asyncio.CancelledError, grpc.RpcError):
+                pass
+            except Exception:  # a bug: say so, and end the stream (the worker reconnects)
+                log.exception("worker stream %s failed", sub.name)
+            finally:
+                if pending:
+                    await asyncio.gather(*pending, return_exceptions=True)
+                put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while True:
+                msg = await out.get()
+                if msg is None:
+                    break
+                await context.write(msg)
+        finally:
+            engine.unsubscribe(sub)
+            node.streams.discard(out)
+            reader.cancel()
+
+
+class NodeService(node_pb2_grpc.NodeServicer):
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.engine = node.engine
+
+    @rpc
+    async def GetShardMap(self, request, context):
+        node = self.node
+        resp = node_pb2.ShardMap(shard_count=self.engine.config.shard_count)
+        for shard in self.engine.shards:
+            resp.shards.add(shard=shard.id, owner_node_id=node.node_id,
+                            owner_address=node.advertise, epoch=shard.epoch)
+        return resp
+
+    @rpc
+    async def GetNodeStatus(self, request, context):
+        node = self.node
+        resp = node_pb2.NodeStatus(node_id=node.node_id, version=__version__, serving=node.serving,
+                                   workers=len(node.streams),
+                                   replayed_records=node.recovery.records + node.recovery.snapshot_records,
+                                   replay_seconds=node.recovery.seconds)
+        convert.set_ts(resp.start_time, node.start_us)
+        for shard in self.engine.shards:
+            resp.shards.add(shard=shard.id, epoch=shard.epoch, jobs=len(shard.jobs),
+                            pending=shard.active, in_flight=shard.in_flight,
+                            wal_last_seq=shard.log.last_seq, wal_durable_seq=shard.log.durable_seq)
+        return resp
+
