@@ -1,0 +1,132 @@
+"""Helpers for the WAL tests: a fault-injection hook, small log builders, and
+a child-process appender (run as a script: ``python tests/wal_helpers.py``)
+that the crash tests SIGKILL.
+
+Child protocol: argv = DIR FSYNC SEGMENT_BYTES TAG [FAULT_POINT FAULT_NTH
+SNAPSHOT_EVERY]. It replays DIR (rebuilding the "state" = every payload in
+order), opens it, then appends payloads ``[TAG, i]`` from 8 asyncio tasks
+and prints ``ACK <seq> <i>`` after each ``wait_durable`` returns. With
+SNAPSHOT_EVERY > 0 it snapshots the state every that many appends. With a
+fault point, the hook SIGKILLs the process at the FAULT_NTH hit of it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve()
+
+
+class Faults:
+    """Test-only hook: ``actions[point]`` is called at each hit of ``point``
+    (it may raise, e.g. OSError, or kill the process). Records every hit."""
+
+    def __init__(self, actions: dict[str, Callable[[int], None]] | None = None) -> None:
+        self.actions = actions or {}
+        self.hits: dict[str, int] = {}
+
+    def hit(self, point: str) -> None:
+        n = self.hits.get(point, 0) + 1
+        self.hits[point] = n
+        action = self.actions.get(point)
+        if action is not None:
+            action(n)
+
+
+def fail_fsync(after: int = 0) -> Callable[[int], None]:
+    def action(n: int) -> None:
+        if n > after:
+            raise OSError(errno.EIO, "Input/output error (injected)")
+
+    return action
+
+
+def kill_at(nth: int) -> Callable[[int], None]:
+    def action(n: int) -> None:
+        if n == nth:
+            sys.stdout.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return action
+
+
+def replay_all(directory: Path | str, **kw: Any) -> list[Any]:
+    from wheelsched.wal import WriteAheadLog
+
+    log = WriteAheadLog(directory, **kw)
+    try:
+        return list(log.replay())
+    finally:
+        log.close()
+
+
+def rebuild_state(records: list[Any]) -> list[Any]:
+    """The tests' 'engine': state = list of every op payload, a snapshot is
+    that list."""
+    from wheelsched.wal import OP, SNAPSHOT
+
+    state: list[Any] = []
+    for r in records:
+        if r.kind == SNAPSHOT:
+            state.append(r.payload)
+        else:
+            assert r.kind == OP
+            state.append(r.payload)
+    return state
+
+
+def copy_dir(src: Path, dst: Path) -> Path:
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+    return dst
+
+
+def child_main(argv: list[str]) -> None:
+    import asyncio
+
+    from wheelsched.wal import WALOptions, WriteAheadLog
+
+    directory, fsync, seg_bytes, tag = argv[0], argv[1], int(argv[2]), argv[3]
+    point = argv[4] if len(argv) > 4 else ""
+    nth = int(argv[5]) if len(argv) > 5 else 0
+    snap_every = int(argv[6]) if len(argv) > 6 else 0
+    faults = Faults({point: kill_at(nth)}) if point else None
+    log = WriteAheadLog(directory, WALOptions(segment_bytes=seg_bytes, fsync=fsync), meta={"tag": tag},
+                        _faults=faults)
+    state = [tuple(r.payload) for r in log.replay()]
+    log.open()
+    out = sys.stdout
+    out.write(f"READY {len(state)}\n")
+    out.flush()
+
+    counter = iter(range(10**9))
+
+    async def task() -> None:
+        while True:
+            i = next(counter)
+            payload = (tag, i)
+            seq = log.append(payload)
+            state.append(payload)
+            if snap_every and i and i % snap_every == 0:
+                log.snapshot(list(state))
+            await log.wait_durable(seq)
+            out.write(f"ACK {seq} {i}\n")
+            out.flush()
+
+    async def main() -> None:
+        await asyncio.gather(*(task() for _ in range(8)))
+
+    asyncio.run(main())
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(HERE.parent.parent))
+    child_main(sys.argv[1:])
