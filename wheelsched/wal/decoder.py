@@ -165,7 +165,7 @@ def scan_chunk(
     add = pieces.append if out is not None else None
     first_out = 0  # seq of pieces[0]
     others: list[int] = []  # seqs > min_seq that are not OPs (markers, future types)
-    stop = min(limit, (n - off) // hs + 1)
+    stop = min(limit, (n - off) // hs + 1) if off < n else 0
     try:
         while count < stop:
             crc, length, st = unpack(data, off)
