@@ -90,7 +90,7 @@ def plan(expr: str, time_zone: str, policy: int, occurrence_us: int, now_us: int
         return occurrence_us, occurrence_us, 0  # on time (or only slightly late)
     if policy == FIRE_ALL:
         # Each late occurrence fires, back to back, and each counts.
-        return occurrence_us, occurrence_us, 1
+        return now_us, occurrence_us, 1
     tz = _zone(time_zone)
     it = CronSim(expr, _to_dt(occurrence_us, tz))
     missed, last, nxt = 1, occurrence_us, occurrence_us

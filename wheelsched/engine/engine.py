@@ -517,12 +517,12 @@ class Engine:
 
     def _next_execution(self, shard: Shard, job: Job, now: int, waits: Waits | None,
                         **status: Any) -> None:
+        """Arm the cron job for its next occurrence. If that is already past
+        (the execution ran long), it fires at once and the misfire policy is
+        applied then, in ``_late_cron`` — the one place misfires are decided."""
         occurrence = cron.next_after(job.cron_expr, job.time_zone, job.fire_us)
-        fire_at, nominal, missed = cron.plan(job.cron_expr, job.time_zone, job.misfire,
-                                             occurrence, now, self.config.misfire_threshold_us)
-        self.counters["misfired"] += missed
-        self._update(shard, job, waits, state=_SCHEDULED, attempt=0, next_us=fire_at,
-                     fire_us=nominal, misfires=job.misfires + missed, **status)
+        self._update(shard, job, waits, state=_SCHEDULED, attempt=0, next_us=occurrence,
+                     fire_us=occurrence, **status)
 
     # ------------------------------------------------------------------ time
 
@@ -579,11 +579,17 @@ class Engine:
         return fired_total
 
     def _late_cron(self, shard: Shard, job: Job, now: int) -> Job:
+        """A cron occurrence fires later than the misfire threshold: apply
+        the job's policy and count the misfires. The decision is logged, and
+        a job that fires now gets ``next_us = now``, so neither a replay nor
+        the next tick takes it for late again."""
         fire_at, nominal, missed = cron.plan(job.cron_expr, job.time_zone, job.misfire,
-                                             job.fire_us, now, self.config.misfire_threshold_us)
+                                             job.next_us, now, self.config.misfire_threshold_us)
         self.counters["misfired"] += missed
-        self._update(shard, job, None, next_us=max(fire_at, 0), fire_us=nominal,
+        self._update(shard, job, None, next_us=fire_at, fire_us=nominal,
                      misfires=job.misfires + missed)
+        if fire_at <= now:
+            shard.wheel.cancel(job.num)  # it goes to the ready queue now, not back to the wheel
         return shard.jobs[job.id]
 
     def _dispatch(self) -> None:
