@@ -464,7 +464,8 @@ def test_cron_dst_gap_runs_after_the_gap(wheel_cls, tz, day):
     assert (fired[0].hour, fired[0].minute) == (3, 0)
 
 
-@pytest.mark.parametrize(("tz", "day"), [("Europe/Paris", (2026, 10, 25)), ("America/New_York", (2026, 11, 1))])
+@pytest.mark.parametrize(("tz", "day"), [("Europe/Paris", (2026, 10, 25)),
+                                         ("America/New_York", (2026, 11, 1))])
 def test_cron_dst_overlap_fixed_hour_runs_once(wheel_cls, tz, day):
     start = _local(tz, *day, 0, 0)
     repeated = 1 if "New_York" in tz else 2  # the local hour that happens twice

@@ -190,7 +190,7 @@ class Node:
         self._ticker.start()
         self.serving = True
         self._ticker.set_target(self.engine.next_wakeup_us())
-        for name in names[:3] + [""]:
+        for name in [*names[:3], ""]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         host = config.listen.rsplit(":", 1)[0]
         print(f"listening on {host}:{self.port}", file=sys.stderr, flush=True)
