@@ -10,6 +10,8 @@ from cpython.buffer cimport (
     PyObject_CheckBuffer,
     PyObject_GetBuffer,
 )
+from cpython.long cimport PyLong_Check
+from cpython.number cimport PyNumber_Index
 from libc.stdint cimport int64_t
 
 import array as _array_mod
@@ -40,6 +42,14 @@ cdef int _raise(int rc, object key=None) except -1:
     raise SystemError(f"timing wheel: unexpected error {rc}")
 
 
+cdef inline int64_t _i64(object value) except? -1:
+    """An int64 from an int or an object with __index__ (never a float: Cython's
+    own conversion would truncate 1.5 to 1). OverflowError out of range."""
+    if not PyLong_Check(value):
+        value = PyNumber_Index(value)
+    return <int64_t>value
+
+
 cdef object _as_int64_exporter(object seq):
     """An object exporting ``seq`` as a C-contiguous int64 buffer: ``seq``
     itself when it already is one (array('q'), memoryview of 'q' ...), else a
@@ -60,19 +70,20 @@ cdef object _as_int64_exporter(object seq):
 cdef class TimingWheel:
     """Hierarchical timing wheel over int64 ticks, in C."""
 
-    def __cinit__(self, int64_t now=0):
-        self._w = wheel_new(now)
+    def __cinit__(self, now=0):
+        self._w = wheel_new(_i64(now))
         if self._w == NULL:
             raise MemoryError("timing wheel: out of memory")
 
     def __dealloc__(self):
         wheel_free(self._w)
 
-    def insert(self, int64_t timer_id, int64_t deadline) -> None:
+    def insert(self, timer_id, deadline) -> None:
         """Add a timer; KeyError if ``timer_id`` is already pending."""
-        cdef int rc = wheel_insert(self._w, timer_id, deadline)
+        cdef int64_t tid = _i64(timer_id)
+        cdef int rc = wheel_insert(self._w, tid, _i64(deadline))
         if rc != WHEEL_OK:
-            _raise(rc, timer_id)
+            _raise(rc, tid)
 
     def insert_many(self, timer_ids, deadlines) -> None:
         """Add many timers at once, all or nothing."""
@@ -103,21 +114,23 @@ cdef class TimingWheel:
         finally:
             PyBuffer_Release(&ids_buf)
 
-    def cancel(self, int64_t timer_id) -> bool:
+    def cancel(self, timer_id) -> bool:
         """Remove a pending timer; True if it was pending."""
-        cdef int rc = wheel_cancel(self._w, timer_id)
+        cdef int64_t tid = _i64(timer_id)
+        cdef int rc = wheel_cancel(self._w, tid)
         if rc < 0:
-            _raise(rc, timer_id)
+            _raise(rc, tid)
         return rc == 1
 
-    def advance(self, int64_t now) -> array:
+    def advance(self, now) -> array:
         """Move to tick ``now``; return the ids of every timer due by then, as
         an array('q') ordered by deadline."""
+        cdef int64_t tick = _i64(now)
         cdef size_t n = 0
-        cdef int rc = wheel_advance(self._w, now, &n)
+        cdef int rc = wheel_advance(self._w, tick, &n)
         cdef array out
         if rc == WHEEL_EBACKWARDS:
-            raise ValueError(f"cannot advance backwards: now={wheel_now(self._w)}, asked {now}")
+            raise ValueError(f"cannot advance backwards: now={wheel_now(self._w)}, asked {tick}")
         if rc != WHEEL_OK:
             _raise(rc)
         try:
@@ -136,13 +149,14 @@ cdef class TimingWheel:
             return tick
         return None
 
-    def deadline(self, int64_t timer_id) -> int:
+    def deadline(self, timer_id) -> int:
         """The deadline of a pending timer; KeyError if it is not pending."""
+        cdef int64_t tid = _i64(timer_id)
         cdef int64_t d
-        if timer_id < 0:
-            _raise(WHEEL_EINVAL, timer_id)
-        if wheel_deadline(self._w, timer_id, &d) != WHEEL_OK:
-            raise KeyError(timer_id)
+        if tid < 0:
+            _raise(WHEEL_EINVAL, tid)
+        if wheel_deadline(self._w, tid, &d) != WHEEL_OK:
+            raise KeyError(tid)
         return d
 
     def clear(self) -> None:
