@@ -137,7 +137,7 @@ class TestClient:
         with socket.socket() as s:  # a port nobody listens on
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        with Client(f"127.0.0.1:{port}", timeout=2) as c, pytest.raises(errors.Unavailable):
+        with Client(f"127.0.0.1:{port}", timeout=10) as c, pytest.raises(errors.Unavailable):
             c.schedule("q", id="x", delay=1)
 
 

@@ -14,22 +14,25 @@ from typing import Any
 import grpc
 
 # Idempotent calls are retried by grpc itself on UNAVAILABLE (node restarting,
-# connection refused). ScheduleJob is idempotent only with a client-chosen id,
-# and RequeueJob is not idempotent, so neither is retried here.
+# connection refused), for a few seconds. Scheduling is idempotent by job id
+# and the Client always sends one (it generates missing ids), so it is
+# retried too; RequeueJob is not idempotent and is not retried.
 _RETRY_SERVICE_CONFIG = json.dumps(
     {
         "methodConfig": [
             {
                 "name": [
+                    {"service": "wheelsched.v1.Scheduler", "method": "ScheduleJob"},
+                    {"service": "wheelsched.v1.Scheduler", "method": "BatchScheduleJobs"},
                     {"service": "wheelsched.v1.Scheduler", "method": "GetJob"},
                     {"service": "wheelsched.v1.Scheduler", "method": "ListJobs"},
                     {"service": "wheelsched.v1.Scheduler", "method": "CancelJob"},
                     {"service": "wheelsched.v1.Node"},
                 ],
                 "retryPolicy": {
-                    "maxAttempts": 4,
-                    "initialBackoff": "0.1s",
-                    "maxBackoff": "1s",
+                    "maxAttempts": 5,
+                    "initialBackoff": "0.2s",
+                    "maxBackoff": "2s",
                     "backoffMultiplier": 2,
                     "retryableStatusCodes": ["UNAVAILABLE"],
                 },
@@ -44,6 +47,11 @@ DEFAULT_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.max_reconnect_backoff_ms", 2000),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    # grpc shares subchannels between channels to the same address by
+    # default, and with them their reconnect backoff: a fresh Client would
+    # fail fast on a restarted node because a Worker's connection was still
+    # backing off. Each channel gets its own.
+    ("grpc.use_local_subchannel_pool", 1),
     ("grpc.service_config", _RETRY_SERVICE_CONFIG),
     ("grpc.enable_retries", 1),
 )

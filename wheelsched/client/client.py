@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -26,6 +27,14 @@ from wheelsched.client._convert import (
 )
 from wheelsched.status import from_rpc_error
 from wheelsched.v1 import node_pb2, node_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
+
+
+def _with_id(job: Any) -> Any:
+    """Give a job without an id a generated one (see ``Client.schedule``)."""
+    if not job.id:
+        job.id = uuid.uuid4().hex
+    return job
+
 
 MAX_PAGE_SIZE = 1000  # ListJobs' limit (scheduler.proto)
 MAX_BATCH_HINT = 1000
@@ -107,7 +116,9 @@ class Client:
         name, and ``misfire``: "fire_once" | "fire_all" | "skip"). A bad
         spec raises ``InvalidArgument`` (a ``ValueError``) before any RPC.
         Idempotent by ``id``: the same id and spec returns the existing job,
-        the same id with another spec raises ``AlreadyExists``.
+        the same id with another spec raises ``AlreadyExists``. Without an
+        id the client generates one (a uuid4 hex, as the server would), so a
+        call retried after a lost reply cannot schedule the job twice.
         """
         spec = JobSpec(
             queue=queue,
@@ -126,7 +137,7 @@ class Client:
             jitter=jitter,
             lease_timeout=lease_timeout,
         )
-        request = scheduler_pb2.ScheduleJobRequest(job=spec.to_proto(), view=view_value(view))
+        request = scheduler_pb2.ScheduleJobRequest(job=_with_id(spec.to_proto()), view=view_value(view))
         return job_from_proto(self._call(self._scheduler.ScheduleJob, request))
 
     def schedule_many(
@@ -147,7 +158,7 @@ class Client:
         """
         if not isinstance(chunk, int) or chunk < 1:
             raise errors.InvalidArgument("chunk", "must be a positive int")
-        protos = [as_spec(j).to_proto() for j in jobs]
+        protos = [_with_id(as_spec(j).to_proto()) for j in jobs]
         view_v = view_value(view)
         out: builtins.list[Job] = []
         for start in range(0, len(protos), chunk):
