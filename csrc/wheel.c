@@ -99,6 +99,7 @@
  * - Arena indices are 27 bits (134M nodes); more timers than that per wheel
  *   fail with WHEEL_EFULL.
  */
+#define _GNU_SOURCE /* madvise(MADV_HUGEPAGE) in wheel_arena.h */
 #include "wheel.h"
 
 #include <stdbool.h>
@@ -301,6 +302,8 @@ static int reserve(wheel_t *w, size_t extra) {
     return WHEEL_OK;
 }
 
+#define PREFETCH_INSERT 8 /* ids ahead whose index line insert_many prefetches */
+
 /* Insert with room reserved. */
 static int insert_one(wheel_t *w, int64_t id, int64_t deadline) {
     uint64_t h = ix_hash(id);
@@ -350,6 +353,8 @@ int wheel_insert_many(wheel_t *w, const int64_t *ids, const int64_t *deadlines,
     int rc = reserve(w, n);
     if (rc != WHEEL_OK) return rc;
     for (size_t k = 0; k < n; k++) {
+        /* Random ids miss in the index: start those misses early. */
+        if (k + PREFETCH_INSERT < n) __builtin_prefetch(ix_home(&w->index, ix_hash(ids[k + PREFETCH_INSERT])));
         if (insert_one(w, ids[k], deadlines[k]) == WHEEL_OK) continue;
         /* Already pending, or repeated in the batch: undo this batch. */
         *bad = k;

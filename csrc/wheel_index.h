@@ -42,7 +42,9 @@ typedef struct {
     size_t tombs; /* tombstones */
 } windex_t;
 
-/* splitmix64's finaliser: sequential ids spread over the whole table. */
+/* splitmix64's finaliser: sequential ids spread over the whole table. (We
+ * tried keeping blocks of 16 sequential ids in one cache line of the table:
+ * whole blocks displaced by linear probing made probes long; slower.) */
 static inline uint64_t ix_hash(int64_t id) {
     uint64_t h = (uint64_t)id;
     h ^= h >> 30;
@@ -56,6 +58,11 @@ static inline uint64_t ix_hash(int64_t id) {
 /* The tag uses the top bits, the home slot the bottom bits: independent. */
 static inline uint32_t ix_entry(uint64_t h, uint32_t idx) {
     return (uint32_t)(h >> (64 - IX_TAG_BITS)) << IX_IDX_BITS | idx;
+}
+
+/* Where a lookup of hash h starts (for prefetching). */
+static inline const uint32_t *ix_home(const windex_t *ix, uint64_t h) {
+    return &ix->slots[(size_t)h & ix->mask];
 }
 
 static inline size_t ix_size(const windex_t *ix) { return ix->mask + 1; }
@@ -129,6 +136,7 @@ static inline int ix_rebuild(windex_t *ix, const warena_t *a, uint32_t first, si
     size_t size = ix_size_for(want);
     uint32_t *slots = (uint32_t *)calloc(size, sizeof(uint32_t));
     if (slots == NULL) return -1;
+    wheel_hint_hugepages(slots, size * sizeof(uint32_t));
     free(ix->slots);
     ix->slots = slots;
     ix->mask = size - 1;
