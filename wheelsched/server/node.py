@@ -146,8 +146,12 @@ class Node:
 
     def _on_tick(self) -> None:
         engine = self.engine
-        engine.tick()
-        self._ticker.set_target(engine.next_wakeup_us())
+        try:
+            engine.tick()
+        except Exception:  # a bug; keep firing the other jobs
+            log.exception("tick failed")
+        finally:
+            self._ticker.set_target(engine.next_wakeup_us())
 
     # -- life cycle ----------------------------------------------------------------
 

@@ -54,6 +54,9 @@ class Ticker:
     def _tick_on_loop(self) -> None:
         with self._cond:
             self._requested = False
+            # The thread may be waiting without a timeout on a target that
+            # was set while this tick was pending: make it look again.
+            self._cond.notify()
         self._on_due()
 
     def _run(self) -> None:
