@@ -117,6 +117,7 @@ class Node:
         self._health = HealthServicer()
         self._ticker: Ticker | None = None
         self._stopped = asyncio.Event()
+        self._logs_closed = False
 
     def _open_log(self, shard_id: int) -> WriteAheadLog:
         path = Path(self.config.data_dir) / "shards" / f"{shard_id:04d}"
@@ -125,8 +126,15 @@ class Node:
     # -- used by the servicers --------------------------------------------------
 
     def check_writable(self) -> None:
+        """New work (schedule, cancel, subscribe) only while serving."""
         if not self.serving:
             raise Unavailable("node is not serving (starting or shutting down)")
+
+    def check_ackable(self) -> None:
+        """Acks and lease extensions also during the shutdown drain: a worker
+        finishing what it holds saves a redelivery."""
+        if self._logs_closed or self._ticker is None:
+            raise Unavailable("node is not serving (starting or stopped)")
 
     def after_write(self) -> None:
         """A write may have armed an earlier timer than the ticker sleeps to."""
@@ -218,6 +226,7 @@ class Node:
         if self._ticker is not None:
             self._ticker.stop()
         # Every op applied is in the log queue; close() writes and fsyncs it.
+        self._logs_closed = True
         await asyncio.get_running_loop().run_in_executor(None, engine.close)
         log.info("stopped")
         self._stopped.set()

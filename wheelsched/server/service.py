@@ -148,7 +148,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
 
     @rpc
     async def Ack(self, request, context):
-        self.node.check_writable()
+        self.node.check_ackable()
         results, waits = self.engine.ack(_ack_items(request.acks))
         self.node.after_write()
         await self.node.wait_durable(waits)
@@ -156,7 +156,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
 
     @rpc
     async def ExtendLeases(self, request, context):
-        self.node.check_writable()
+        self.node.check_ackable()
         results, waits = self.engine.extend(_extensions(request.extensions))
         self.node.after_write()
         await self.node.wait_durable(waits)
@@ -209,6 +209,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             task.add_done_callback(pending.discard)
 
         def handle(req) -> None:
+            node.check_ackable()
             if req.acks:
                 settle(*engine.ack(_ack_items(req.acks)), "ack_results")
             if req.extensions:
@@ -219,8 +220,8 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                 handle(first)
                 async for req in request_iterator:
                     handle(req)
-            except (asyncio.CancelledError, grpc.RpcError):
-                pass
+            except (asyncio.CancelledError, grpc.RpcError, WheelschedError):
+                pass  # the worker went away, or the node stopped: the stream ends
             except Exception:  # a bug: say so, and end the stream (the worker reconnects)
                 log.exception("worker stream %s failed", sub.name)
             finally:
