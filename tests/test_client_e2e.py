@@ -246,7 +246,8 @@ def test_worker_survives_node_crash(tmp_path: Path) -> None:
             assert held.epoch > 1
             epochs = [d.epoch for d in rec.seen if d.job_id == "held"]
             assert epochs[0] == 1 and epochs[-1] == held.epoch
-            assert w.reconnects >= 1 and w.ack_errors >= 1  # the stale-epoch ack
+            assert w.reconnects >= 1
+            assert wait_until(lambda: w.ack_errors >= 1)  # the stale-epoch ack, refused
         finally:
             w.stop(timeout=10)
         assert w.error is None
@@ -268,7 +269,10 @@ def test_worker_survives_graceful_restart(tmp_path: Path) -> None:
                 assert c.get("g1").state == "SUCCEEDED"
         finally:
             w.stop(timeout=10)
-    assert sorted(rec.ids()) == ["g1", "g2"] and w.ack_errors == 0
+    assert sorted(rec.ids()) == ["g1", "g2"]
+    # g1's ack may have been applied with its confirmation lost in the
+    # shutdown; the resent copy is then refused. Nothing else may be.
+    assert w.ack_errors <= w.acks_resent
 
 
 # ---------------------------------------------------------------- CLI

@@ -87,7 +87,10 @@ class Worker:
     At most ``max_in_flight`` (default ``2 * concurrency``) jobs are held at
     once. ``run()`` blocks until ``stop()``; ``start()`` runs in a background
     thread. Counters: ``received``, ``succeeded``, ``failed``, ``ack_errors``
-    (acks the server refused, e.g. the lease had expired), ``extended``,
+    (acks the server refused, e.g. the lease had expired), ``acks_resent``
+    (sent again because the stream broke before the server confirmed them; a
+    resent ack the server had already applied is refused and counts in
+    ``ack_errors`` too), ``extended``,
     ``extension_errors``, ``nacked`` (jobs refused while stopping),
     ``reconnects``.
     """
@@ -136,6 +139,7 @@ class Worker:
         self.succeeded = 0
         self.failed = 0
         self.ack_errors = 0
+        self.acks_resent = 0
         self.extended = 0
         self.extension_errors = 0
         self.nacked = 0
@@ -377,6 +381,7 @@ class Worker:
             self._connected = False
             self._conn_gen += 1
             if self._unconfirmed:
+                self.acks_resent += len(self._unconfirmed)
                 self._acks[:0] = self._unconfirmed.values()
                 self._unconfirmed.clear()
             self._exts.clear()  # stale; the keeper re-extends what still runs
