@@ -1,0 +1,85 @@
+"""Server subprocesses for the benchmarks: a real ``wheelsched serve`` node
+and the gRPC echo baseline, each started on port 0 and found by the
+``listening on HOST:PORT`` line it prints (the same protocol as
+tests/node_helpers.py). Output goes to a log file whose tail is shown if the
+server fails to start.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+_LISTENING = re.compile(r"listening on (\S+):(\d+)")
+
+
+class ServerProcess:
+    def __init__(self, argv: list[str], log_path: Path, timeout: float = 60.0) -> None:
+        self.log_path = log_path
+        with open(log_path, "wb") as log:
+            self.proc = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.pid = self.proc.pid
+        deadline = time.monotonic() + timeout
+        while True:
+            m = _LISTENING.search(self.log_text())
+            if m:
+                self.port = int(m.group(2))
+                self.target = f"127.0.0.1:{self.port}"
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{argv[2:4]} exited with {self.proc.returncode}:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise TimeoutError(f"{argv[2:4]} not listening after {timeout}s:\n{self.log_tail()}")
+            time.sleep(0.02)
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM, then SIGKILL if it does not exit in time."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_node(root: Path, name: str = "node", **flags: Any) -> ServerProcess:
+    """``wheelsched serve`` on a fresh data dir under ``root``; ``flags``
+    become ``--flag value``."""
+    argv = [sys.executable, "-m", "wheelsched", "serve", "--data-dir", str(root / f"{name}-data"),
+            "--listen", "127.0.0.1:0", "--log-level", "WARNING"]
+    for key, value in flags.items():
+        argv += ["--" + key.replace("_", "-"), str(value)]
+    return ServerProcess(argv, root / f"{name}.log")
+
+
+def start_echo(root: Path) -> ServerProcess:
+    return ServerProcess([sys.executable, "-m", "bench.echo", "--listen", "127.0.0.1:0"], root / "echo.log")
