@@ -16,6 +16,7 @@ COMMAND_MODULES = {
     "serve": "wheelsched.server.cli",
     "jobs": "wheelsched.client.cli",
     "wal": "wheelsched.wal.cli",
+    "demo": "wheelsched.demo",
 }
 
 

@@ -1,0 +1,130 @@
+"""Run a real ``wheelsched serve`` subprocess (tests, the demo, benchmarks).
+
+    with running_node(tmp_path, fsync="never") as node:
+        Client(node.target) ...
+        node.kill()      # SIGKILL: a crash
+        node.restart()   # same data dir, same port (workers reconnect to it)
+
+The first start listens on port 0 and reads the port from the node's
+``listening on HOST:PORT`` line (no race for a "free" port); restarts reuse
+that port. The node is always killed in teardown, and its stderr is kept in
+``tmp_path/node-N.log`` (the tail is shown when it fails to start).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+_LISTENING = re.compile(r"listening on (\S+):(\d+)")
+START_TIMEOUT = 60.0
+
+
+class NodeProcess:
+    """One node's data directory and flags, and the process currently serving it."""
+
+    def __init__(self, tmp_path: Path, flags: dict[str, Any]) -> None:
+        self.tmp_path = Path(tmp_path)
+        self.data_dir = self.tmp_path / "node-data"
+        self.flags = flags
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+        self.log_path: Path | None = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _argv(self) -> list[str]:
+        argv = [sys.executable, "-m", "wheelsched", "serve", "--data-dir", str(self.data_dir),
+                "--listen", f"127.0.0.1:{self.port}"]  # fmt: skip
+        for key, value in self.flags.items():
+            flag = "--" + key.replace("_", "-")
+            if value is True:
+                argv.append(flag)
+            elif value not in (None, False):
+                argv += [flag, str(value)]
+        return argv
+
+    def start(self, timeout: float = START_TIMEOUT) -> NodeProcess:
+        """Start the node and wait until it prints its listening line."""
+        if self.proc is not None and self.proc.poll() is None:
+            raise RuntimeError("node already running")
+        self.starts += 1
+        self.log_path = self.tmp_path / f"node-{self.starts}.log"
+        log = open(self.log_path, "wb")  # noqa: SIM115 - the child owns it
+        try:
+            self.proc = subprocess.Popen(
+                self._argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )  # fmt: skip
+        finally:
+            log.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            match = _LISTENING.search(self.log_text())
+            if match:
+                self.port = int(match.group(2))
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"node exited with {self.proc.returncode} before listening:\n{self.log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                self.kill()
+                raise TimeoutError(f"node not listening after {timeout}s:\n{self.log_tail()}")
+            time.sleep(0.02)
+
+    def log_text(self) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def kill(self) -> None:
+        """SIGKILL (a crash) and reap."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        """SIGTERM (graceful shutdown); returns the exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode
+
+    def restart(self, graceful: bool = False) -> NodeProcess:
+        """Stop the node (SIGKILL unless ``graceful``) and start it again on
+        the same port and data directory."""
+        if graceful:
+            self.terminate()
+        else:
+            self.kill()
+        return self.start()
+
+
+@contextlib.contextmanager
+def running_node(tmp_path: Path, **flags: Any) -> Iterator[NodeProcess]:
+    """A started node; ``flags`` become ``--flag value`` (``True``: bare flag)."""
+    node = NodeProcess(tmp_path, flags)
+    try:
+        node.start()
+        yield node
+    finally:
+        node.kill()
