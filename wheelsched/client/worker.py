@@ -460,8 +460,11 @@ class Worker:
             self.received += len(batch)
             self._keeper_cv.notify()
         submit = self._executor.submit  # type: ignore[union-attr]
-        for r in batch:
-            submit(self._handle, r)
+        try:
+            for r in batch:
+                submit(self._handle, r)
+        except RuntimeError:  # the pool shut down (stop timed out): leases will lapse
+            pass
 
     # ------------------------------------------------------------ handlers and leases
 
