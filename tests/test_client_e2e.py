@@ -345,3 +345,15 @@ def test_cli_errors(node: NodeProcess, queue: str) -> None:
     assert r.returncode == 1 and r.stderr.startswith("error: ALREADY_EXISTS: ")
     r = cli(node, "get", "x", "--target", "127.0.0.1:1", "--timeout", "10")  # retries ~3 s
     assert r.returncode == 1 and r.stderr.startswith("error: UNAVAILABLE: ")
+
+
+def test_schedule_many_partial_failure_says_what_was_scheduled(client: Client, queue: str) -> None:
+    # Chunk 1 is accepted; chunk 2 collides with an existing job (a server-side
+    # ALREADY_EXISTS): the error tells which jobs were durably scheduled.
+    client.schedule(queue, id=f"{queue}-p3", delay=60, payload=b"original")
+    specs = [{"queue": queue, "id": f"{queue}-p{i}", "delay": 60} for i in range(5)]
+    with pytest.raises(errors.AlreadyExists) as ei:
+        client.schedule_many(specs, chunk=2)
+    assert [j.id for j in ei.value.scheduled] == [f"{queue}-p0", f"{queue}-p1"]  # type: ignore[attr-defined]
+    with pytest.raises(errors.NotFound):
+        client.get(f"{queue}-p2")  # chunk 2 was rejected whole
