@@ -80,7 +80,13 @@ def extensions() -> list[Extension]:
         include_dirs=["csrc"],
         extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-function"],
     )
-    return cythonize([ext], language_level=3, compiler_directives={"embedsignature": True})
+    walscan = Extension(
+        "wheelsched.wal._scan_c",
+        sources=["wheelsched/wal/_scan_c.pyx", "csrc/walscan.c"],
+        include_dirs=["csrc"],
+        extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-function"],
+    )
+    return cythonize([ext, walscan], language_level=3, compiler_directives={"embedsignature": True})
 
 
 setup(

@@ -7,9 +7,22 @@ whether the last segment has a torn tail, which files are stale or
 temporary). The writer (``log.py``) and ``repair.py`` act on that
 description; ``verify``/``dump`` only print it.
 
-Speed matters here (replay stands between a crash and service), so the inner
-loop reads a whole segment at once and works on memoryview slices: one
-``struct.unpack_from``, one ``crc32c`` and one ``msgpack.unpackb`` per record.
+Speed matters here (replay stands between a crash and service). The walk
+over the framed records (CRC32C, seq continuity, the reason a record is bad)
+runs in C (``_scan_c``, csrc/walscan.c) one chunk of records per call; it
+hands back the payloads as one msgpack array, which a single
+``msgpack.unpackb`` decodes. The pure-Python walk below is the reference and
+the fallback, selected the msgpack/yarl way: it is used when
+``WHEELSCHED_PURE_PYTHON`` is set (and not "" or "0") or the extension is not
+built. ``IMPLEMENTATION`` says which one runs ("c" or "python"). Both give the
+same results and the same errors; on any error in a snapshot the C path
+re-reads it with the reference to raise exactly the reference's error.
+
+Records come out in batches (``Recovery.batches``): ``(kind, first_seq,
+payloads)`` where an OP batch's payloads carry the consecutive seqs
+``first_seq, first_seq + 1, ...`` and every item of the SNAPSHOT batch carries
+``first_seq`` (the seq the snapshot covers). ``Recovery.records`` flattens
+them into ``Record``s.
 """
 
 from __future__ import annotations
@@ -17,8 +30,10 @@ from __future__ import annotations
 import gc
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator
+import struct
+from collections.abc import Callable, Iterator
 from functools import partial
+from itertools import count as _count
 from itertools import repeat
 from pathlib import Path
 from struct import error as struct_error
@@ -47,6 +62,33 @@ from .format import (
     decode_file_header,
 )
 
+_C: Any = None  # the C scanner module when it is used, else None
+IMPLEMENTATION = "python"
+if os.environ.get("WHEELSCHED_PURE_PYTHON", "") in ("", "0"):
+    try:
+        from . import _scan_c as _C
+    except ImportError:  # extension not built: the pure-Python walk
+        _C = None
+    else:
+        IMPLEMENTATION = "c"
+
+
+def use_implementation(name: str) -> str:
+    """Switch the walk to "c" or "python" (tests run both); returns the
+    previous one. Raises ImportError for "c" when the extension is missing."""
+    global _C, IMPLEMENTATION
+    previous = IMPLEMENTATION
+    if name == "c":
+        from . import _scan_c
+
+        _C = _scan_c
+    elif name == "python":
+        _C = None
+    else:
+        raise ValueError(f"unknown implementation {name!r}")
+    IMPLEMENTATION = name
+    return previous
+
 
 class Record(NamedTuple):
     seq: int
@@ -55,11 +97,12 @@ class Record(NamedTuple):
 
 
 ProgressFn = Callable[[int, int, int], None]
+Batch = tuple[int, int, list[Any]]  # (kind, first_seq, payloads)
 PROGRESS_EVERY = 100_000
 
-_new_record = tuple.__new__  # skips NamedTuple.__new__'s Python-level argument handling
 _make_record = partial(tuple.__new__, Record)  # C-level Record((seq, kind, payload))
 _NONZERO = re.compile(rb"[^\x00]")
+_LENGTH = struct.Struct("<I")
 
 
 class Tail(NamedTuple):
@@ -105,6 +148,8 @@ def find_valid_record(data: bytes, start: int, min_seq: int) -> int | None:
     """Offset of the first record at or after ``start`` that passes its CRC and
     has seq >= min_seq, or None. Used only after a bad record, to tell a torn
     tail (nothing valid follows) from corruption (valid records follow)."""
+    if _C is not None:
+        return _C.find_valid(data, start, min_seq)
     n = len(data)
     mv = memoryview(data)
     unpack = REC_HEADER.unpack_from
@@ -141,18 +186,59 @@ class _Scan:
 
 
 def scan_chunk(
-    scan: _Scan, out: list[Record] | None, min_seq: int, limit: int
+    scan: _Scan, out: list[tuple[int, list[Any]]] | None, min_seq: int, limit: int
 ) -> int:
     """Validate up to ``limit`` records from ``scan.offset``; append the OP
-    records with seq > min_seq to ``out`` (decoded) unless ``out`` is None.
-    Returns the number of records scanned. Stops at the first bad record and
-    sets ``scan.bad``; a CRC-valid record with the wrong seq raises at once.
+    records with seq > min_seq to ``out`` (decoded, as runs of consecutive
+    seqs: ``(first_seq, payloads)``) unless ``out`` is None. Returns the
+    number of records scanned. Stops at the first bad record and sets
+    ``scan.bad``; a CRC-valid record with the wrong seq raises at once.
 
-    The loop only validates and slices; payloads are decoded afterwards in
-    one pass (msgpack's C unpacker over the joined payloads) and the Records
-    are built by C-level map/zip, with the cyclic GC paused: replaying creates
-    hundreds of thousands of containers and the young-generation collections
-    otherwise cost ~40% of replay time."""
+    Payloads are decoded after the walk, all at once, with the cyclic GC
+    paused: replaying creates hundreds of thousands of containers and the
+    young-generation collections otherwise cost ~40% of replay time."""
+    if _C is not None:
+        return _scan_chunk_c(scan, out, min_seq, limit)
+    return _scan_chunk_py(scan, out, min_seq, limit)
+
+
+def _bad_reason(data: bytes, off: int, past_end: bool) -> str:
+    crc, _length, st = REC_HEADER.unpack_from(data, off)
+    if st == 0 and crc == 0:
+        return "zeroed record header"
+    return "record extends past end of file" if past_end else "checksum mismatch"
+
+
+def _scan_chunk_c(
+    scan: _Scan, out: list[tuple[int, list[Any]]] | None, min_seq: int, limit: int
+) -> int:
+    C = _C
+    start_expect = scan.expect
+    status, off, expect, count, found, _type, blob, others = C.scan(
+        scan.data, scan.offset, start_expect, limit, T_OP, min_seq, out is not None, False
+    )
+    scan.offset = off
+    scan.expect = expect
+    if status == C.SEQ:
+        raise CorruptLogError(scan.path, off, f"sequence gap: found seq {found}, expected {expect}")
+    if status == C.PARTIAL:
+        scan.bad = "partial record header"
+    elif status == C.PAST_END:
+        scan.bad = _bad_reason(scan.data, off, True)
+    elif status == C.CRC:
+        scan.bad = _bad_reason(scan.data, off, False)
+    elif status == C.FULL:  # cannot happen: scan sizes `others` for `limit` records
+        raise AssertionError("walscan: others array full")
+    if out is not None:
+        first = max(start_expect, min_seq + 1)
+        if expect - first > len(others):  # at least one OP payload
+            _decode_runs(out, scan, blob, first, others, True)
+    return count
+
+
+def _scan_chunk_py(
+    scan: _Scan, out: list[tuple[int, list[Any]]] | None, min_seq: int, limit: int
+) -> int:
     data = scan.data
     mv = scan.mv
     n = scan.end
@@ -200,34 +286,60 @@ def scan_chunk(
         scan.offset = off
         scan.expect = expect
     if pieces and out is not None:
-        _decode_into(out, scan, pieces, first_out, others)
+        _decode_runs(out, scan, pieces, first_out, others, False)
     return count
 
 
-def _decode_into(
-    out: list[Record], scan: _Scan, pieces: list[memoryview], first: int, others: list[int]
+def _unpack_pieces(scan: _Scan, blob: bytes, n: int) -> list[Any]:
+    """The reference decode: ``n`` payloads back to back, each exactly one
+    msgpack object (the C path falls back to it to raise the same error)."""
+    unpacker = msgpack.Unpacker(max_buffer_size=max(len(blob), 1 << 20), raw=False)
+    unpacker.feed(blob)
+    try:
+        payloads = list(unpacker)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise CorruptLogError(scan.path, scan.offset, f"undecodable payload ({exc})") from exc
+    if len(payloads) != n:
+        # a payload holding several msgpack objects: CRC-valid but not ours
+        raise CorruptLogError(scan.path, scan.offset, "a payload is not exactly one msgpack object")
+    return payloads
+
+
+def _decode_runs(
+    out: list[tuple[int, list[Any]]], scan: _Scan, pieces: Any, first: int, others: list[int],
+    is_array: bool,
 ) -> None:
+    """Decode the payloads (``pieces``: memoryviews, or with ``is_array`` one
+    msgpack array of them from the C scan) and append them to ``out`` as runs
+    of consecutive seqs starting at ``first``, skipping the seqs in
+    ``others`` (sorted; records that are not OPs)."""
     gc_was = gc.isenabled()
     gc.disable()
     try:
-        blob = b"".join(pieces)
-        unpacker = msgpack.Unpacker(max_buffer_size=max(len(blob), 1 << 20), raw=False)
-        unpacker.feed(blob)
-        try:
-            payloads = list(unpacker)
-        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-            raise CorruptLogError(scan.path, scan.offset, f"undecodable payload ({exc})") from exc
-        if len(payloads) != len(pieces):
-            # a payload holding several msgpack objects: CRC-valid but not ours
-            raise CorruptLogError(scan.path, scan.offset, "a payload is not exactly one msgpack object")
-        if others:
-            skip = set(others)
-            seqs: Iterable[int] = [
-                s for s in range(first, first + len(pieces) + len(others)) if s not in skip
-            ]
+        if is_array:
+            try:
+                payloads = msgpack.unpackb(pieces, raw=False)
+            except Exception:  # undecodable, or payloads that are not one object each
+                blob = bytes(pieces[5:])
+                k = int.from_bytes(pieces[1:5], "big")
+                # the reference raises its error, or (payloads followed by an
+                # incomplete object, which it ignores) returns its result
+                payloads = _unpack_pieces(scan, blob, k)
         else:
-            seqs = range(first, first + len(pieces))
-        out.extend(map(_make_record, zip(seqs, repeat(OP), payloads)))
+            payloads = _unpack_pieces(scan, b"".join(pieces), len(pieces))
+        if not others:
+            out.append((first, payloads))
+            return
+        i = 0
+        seq = first
+        for skip in others:
+            k = skip - seq  # payloads before the skipped seq
+            if k > 0:
+                out.append((seq, payloads[i : i + k]))
+                i += k
+            seq = skip + 1
+        if i < len(payloads):
+            out.append((seq, payloads[i:]))
     finally:
         if gc_was:
             gc.enable()
@@ -248,6 +360,53 @@ def read_snapshot(path: Path, *, decode: bool = True) -> tuple[FileHeader, list[
     hdr = decode_file_header(data, SNAPSHOT_MAGIC)
     if isinstance(hdr, str):
         raise CorruptLogError(path, 0, hdr)
+    if _C is not None:
+        got = _read_snapshot_c(data, hdr, decode)
+        if got is not None:
+            return got
+        # something is wrong: the reference walk names it exactly
+    return _read_snapshot_py(path, data, hdr, decode)
+
+
+def _read_snapshot_c(
+    data: bytes, hdr: FileHeader, decode: bool
+) -> tuple[FileHeader, list[Any], int] | None:
+    """The whole snapshot in one C walk and one unpackb; None on any flaw."""
+    C = _C
+    n = len(data)
+    status, off, expect, _count, _found, rtype, blob, _others = C.scan(
+        data, hdr.size, 1, 1 << 62, T_SNAPSHOT_ITEM, 0, decode, True
+    )
+    if status != C.STOP or rtype != T_SNAPSHOT_END:
+        return None
+    (length,) = _LENGTH.unpack_from(data, off + 4)
+    end = off + REC_HEADER_SIZE + length
+    if end != n:
+        return None
+    try:
+        count = msgpack.unpackb(data[off + REC_HEADER_SIZE : end])
+    except Exception:
+        return None
+    if count != expect - 1:
+        return None
+    items: list[Any] = []
+    if decode:
+        del data
+        gc_was = gc.isenabled()
+        gc.disable()
+        try:
+            items = msgpack.unpackb(blob, raw=False)
+        except Exception:
+            return None
+        finally:
+            if gc_was:
+                gc.enable()
+    return hdr, items, n
+
+
+def _read_snapshot_py(
+    path: Path, data: bytes, hdr: FileHeader, decode: bool
+) -> tuple[FileHeader, list[Any], int]:
     mv = memoryview(data)
     unpack = REC_HEADER.unpack_from
     unpackb = msgpack.unpackb
@@ -363,6 +522,21 @@ class Recovery:
     def records(
         self, *, decode: bool = True, progress: ProgressFn | None = None
     ) -> Iterator[Record]:
+        """Every record as a ``Record``: the snapshot's items (kind SNAPSHOT,
+        seq = the seq the snapshot covers), then the OPs after it."""
+        for kind, first, payloads in self.batches(decode=decode, progress=progress):
+            seqs = repeat(first) if kind == SNAPSHOT else _count(first)
+            yield from map(_make_record, zip(seqs, repeat(kind), payloads))
+
+    def batches(
+        self, *, decode: bool = True, progress: ProgressFn | None = None
+    ) -> Iterator[Batch]:
+        """The records as ``(kind, first_seq, payloads)`` batches: one SNAPSHOT
+        batch (every item's seq is ``first_seq``, the covered seq) if a
+        snapshot is used, then OP batches whose payloads carry the
+        consecutive seqs ``first_seq, first_seq + 1, ...`` (a batch ends
+        where a seq is not an OP, e.g. a snapshot marker). Without
+        ``decode`` nothing is yielded; the walk only validates."""
         covered, snap_path, items, snap_size = self._choose_snapshot(decode)
         self.covered = covered
         self.snapshot = snap_path
@@ -389,9 +563,8 @@ class Recovery:
         next_report = PROGRESS_EVERY
 
         if snap_path is not None:
-            new = _new_record
-            for item in items:
-                yield new(Record, (covered, SNAPSHOT, item))
+            if items:
+                yield SNAPSHOT, covered, items
             done = len(items)
             bytes_done = snap_size
             if progress is not None and done >= next_report:
@@ -414,11 +587,12 @@ class Recovery:
                 )
             self.meta = hdr.meta
             scan = _Scan(path, data, hdr.size, first)
-            out: list[Record] | None = [] if decode else None
+            out: list[tuple[int, list[Any]]] | None = [] if decode else None
             while True:
                 n = scan_chunk(scan, out, covered, PROGRESS_EVERY)
                 if out:
-                    yield from out
+                    for first_seq, payloads in out:
+                        yield OP, first_seq, payloads
                     out.clear()
                 done += n
                 if progress is not None and done >= next_report:

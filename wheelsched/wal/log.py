@@ -37,11 +37,12 @@ import msgpack
 from crc32c import crc32c
 
 from . import repair
-from .decoder import ProgressFn, Record, Recovery
+from .decoder import Batch, ProgressFn, Record, Recovery, _make_record
 from .format import (
     CRC_STRUCT,
     SEGMENT_MAGIC,
     SEQ_BITS,
+    SNAPSHOT,
     SNAPSHOT_MAGIC,
     T_OP,
     T_SNAPSHOT_END,
@@ -206,12 +207,22 @@ class WriteAheadLog:
         """Yield the snapshot's items (kind SNAPSHOT, seq = the seq it covers),
         then every OP after it in seq order. Read-only: the repairs it finds
         necessary (torn tail, temp files) are made by open()."""
+        for kind, first, payloads in self.replay_batches(progress):
+            seqs = itertools.repeat(first) if kind == SNAPSHOT else itertools.count(first)
+            yield from map(_make_record, zip(seqs, itertools.repeat(kind), payloads))
+
+    def replay_batches(self, progress: ProgressFn | None = None) -> Iterator[Batch]:
+        """``replay()`` in batches, without a Python object per record:
+        ``(kind, first_seq, payloads)``. The snapshot's items come as one
+        SNAPSHOT batch in which every item's seq is ``first_seq`` (the seq
+        the snapshot covers); each OP batch's payloads carry the consecutive
+        seqs ``first_seq, first_seq + 1, ...``. Same checks, same errors."""
         if self._opened:
             raise WALError("replay() must be called before open()")
         self._lock_dir()
         self._recovery = None
         rec = Recovery(self.directory)
-        yield from rec.records(decode=True, progress=progress)
+        yield from rec.batches(decode=True, progress=progress)
         self._recovery = rec
 
     def open(self) -> None:
