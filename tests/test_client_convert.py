@@ -103,7 +103,7 @@ class TestJobSpec:
             ({"misfire": "later", "cron": "* * * * *"}, "misfire"),
             ({"cron": "  "}, "cron"),
             ({"delay": 1, "max_attempts": 0}, "max_attempts"),
-            ({"delay": 1, "max_doublings": 0}, "max_doublings"),
+            ({"delay": 1, "max_doublings": -1}, "max_doublings"),
             ({"delay": 1, "jitter": 1.5}, "jitter"),
             ({"delay": 1, "priority": 2**31}, "priority"),
             ({"delay": 1, "priority": "high"}, "priority"),

@@ -205,6 +205,7 @@ def test_acks_and_extensions_for_wrong_leases(stubs):
     requests, responses = _stream(worker, worker_pb2.StreamJobsRequest(queues=["acks"], max_in_flight=1))
     d = next(responses).dispatches[0]
     assert (d.job_id, d.attempt) == ("lease-me", 1)
+    assert d.lease_timeout.ToSeconds() == 30  # the default lease
     before = wal_position(node_stub)
     bad = [worker_pb2.AckItem(job_id=d.job_id, attempt=d.attempt, epoch=d.epoch + 1, success=True),
            worker_pb2.AckItem(job_id=d.job_id, attempt=9, epoch=d.epoch, success=True),
@@ -259,3 +260,13 @@ def test_health_and_reflection(node):
     names = {s.name for s in resp.list_services_response.service}
     assert {"wheelsched.v1.Scheduler", "wheelsched.v1.Worker", "wheelsched.v1.Node"} <= names
     channel.close()
+
+
+def test_zero_doublings_means_linear_backoff(stubs):
+    sched, _, _ = stubs
+    j = job("linear")
+    j.retry_policy.max_doublings = 0
+    got = sched.ScheduleJob(scheduler_pb2.ScheduleJobRequest(job=j))
+    assert got.retry_policy.HasField("max_doublings") and got.retry_policy.max_doublings == 0
+    unset = sched.ScheduleJob(scheduler_pb2.ScheduleJobRequest(job=job("default-doublings")))
+    assert unset.retry_policy.max_doublings == 16

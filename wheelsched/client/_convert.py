@@ -236,9 +236,9 @@ class JobSpec:
             _set_int(retry, "max_attempts", self.max_attempts, "max_attempts")
         if self.max_doublings is not None:
             # proto3 cannot tell 0 from unset: 0 would silently become the default (16).
-            if _is_number(self.max_doublings) and self.max_doublings < 1:
+            if _is_number(self.max_doublings) and self.max_doublings < 0:
                 raise InvalidArgument(
-                    "max_doublings", "must be at least 1 (0 is indistinguishable from unset)"
+                    "max_doublings", "must not be negative"
                 )
             _set_int(retry, "max_doublings", self.max_doublings, "max_doublings")
         if self.min_backoff is not None:
@@ -383,7 +383,7 @@ def job_from_proto(msg: job_pb2.Job) -> Job:
         max_attempts=rp.max_attempts or None,
         min_backoff=opt_duration(rp, "min_backoff"),
         max_backoff=opt_duration(rp, "max_backoff"),
-        max_doublings=rp.max_doublings or None,
+        max_doublings=rp.max_doublings if rp.HasField("max_doublings") else None,
         jitter=rp.jitter if rp.HasField("jitter") else None,
         lease_timeout=opt_duration(msg, "lease_timeout"),
         proto=msg,
@@ -485,6 +485,7 @@ class Delivery:
     shard: int
     due_time: datetime | None
     lease_deadline: datetime | None
+    lease_timeout: timedelta | None
     priority: int
     received_at: datetime
 
@@ -499,6 +500,7 @@ def delivery_from_proto(d: worker_pb2.Dispatch, received_at: datetime) -> Delive
         shard=d.shard,
         due_time=opt_timestamp(d, "due_time"),
         lease_deadline=opt_timestamp(d, "lease_deadline"),
+        lease_timeout=opt_duration(d, "lease_timeout"),
         priority=d.priority,
         received_at=received_at,
     )

@@ -443,7 +443,9 @@ class Worker:
         batch: list[_Running] = []
         for d in dispatches:
             delivery = delivery_from_proto(d, now)
-            if delivery.lease_deadline is not None:
+            if delivery.lease_timeout is not None:
+                lease_s = max(delivery.lease_timeout.total_seconds(), _MIN_LEASE_S)
+            elif delivery.lease_deadline is not None:
                 lease_s = (delivery.lease_deadline - now).total_seconds()
                 if lease_s >= 2.0:
                     lease_s = float(round(lease_s))  # transit time, not a real lease length

@@ -69,7 +69,7 @@ def job_request(pb: job_pb2.Job, field: str = "job") -> JobRequest:
         if rp.HasField("min_backoff") else None,
         max_backoff_us=dur_to_us(rp.max_backoff, f"{field}.retry_policy.max_backoff")
         if rp.HasField("max_backoff") else None,
-        max_doublings=rp.max_doublings if rp.max_doublings else None,
+        max_doublings=rp.max_doublings if rp.HasField("max_doublings") else None,
         jitter=rp.jitter if rp.HasField("jitter") else None,
         lease_us=dur_to_us(pb.lease_timeout, f"{field}.lease_timeout")
         if pb.HasField("lease_timeout") else None,
@@ -130,4 +130,5 @@ def dispatches(deliveries: list[Delivery]) -> worker_pb2.StreamJobsResponse:
         d.priority = job.priority
         set_ts(d.due_time, due_us)
         set_ts(d.lease_deadline, job.next_us)
+        set_dur(d.lease_timeout, job.lease_us)
     return msg

@@ -22,6 +22,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,7 +103,9 @@ class Node:
         self.node_id = config.node_id or socket.gethostname()
         self.advertise = config.advertise or config.listen
         self.serving = False
-        self.streams: set[asyncio.Queue] = set()
+        # worker stream -> coroutine function that ends it once its pending
+        # ack confirmations are sent
+        self.streams: dict[asyncio.Queue, Callable[[], Awaitable[None]]] = {}
         self.start_us = wall_us()
         self.recovery = RecoveryStats()
         self.port = 0
@@ -219,8 +222,7 @@ class Node:
         while (sum(s.in_flight for s in engine.shards) and self.streams
                and asyncio.get_running_loop().time() < deadline):
             await asyncio.sleep(0.02)
-        for out in list(self.streams):
-            out.put_nowait(None)
+        await asyncio.gather(*(close() for close in list(self.streams.values())))
         if self._server is not None:
             await self._server.stop(grace=self.config.drain_seconds)
         if self._ticker is not None:

@@ -188,8 +188,15 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             sub = engine.subscribe(queues, max_in_flight, deliver, first.worker_id or context.peer())
         except WheelschedError as exc:
             await context.abort(status_code(exc), str(exc))
-        node.streams.add(out)
         pending: set[asyncio.Task] = set()
+
+        async def close() -> None:
+            """End the stream after the acks already applied are confirmed."""
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+            put(None)
+
+        node.streams[out] = close
 
         async def confirm(waits, field: str, results) -> None:
             try:
@@ -238,7 +245,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                 await context.write(msg)
         finally:
             engine.unsubscribe(sub)
-            node.streams.discard(out)
+            node.streams.pop(out, None)
             reader.cancel()
 
 
