@@ -1,0 +1,62 @@
+"""The benchmarks at their smallest sizes: they run, write the JSON they
+promise, and fire every job once and never early. Correctness, not speed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def run_bench(module: str, tmp_path: Path, *args: str) -> dict:
+    out = tmp_path / f"{module}.json"
+    proc = subprocess.run([sys.executable, "-m", f"bench.{module}", "--smoke", "--json", str(out), *args],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_schedule_bench_smoke(tmp_path: Path) -> None:
+    data = run_bench("schedule", tmp_path)
+    assert data["bench"] == "schedule"
+    cases = {"echo_1", "schedule_1", "echo_32t", "schedule_32t", "echo_32a", "schedule_32a",
+             "echo_batch_1", "schedule_many_1", "echo_batch_4t", "schedule_many_4t"}
+    assert set(data["results"]) == cases
+    for name, r in data["results"].items():
+        assert r["rate"] > 0, name
+        assert {"min", "max", "rates", "server_cpu_us"} <= set(r), name
+    assert data["pending_at_end"] > 0
+    assert len(data["targets"]) == 4
+
+
+def test_fire_latency_bench_smoke(tmp_path: Path) -> None:
+    modes = ["engine", "grpc", "asyncio", "heapq", "floor"]
+    try:
+        import apscheduler  # noqa: F401
+
+        modes.append("apscheduler")
+    except ImportError:
+        pass
+    plot = tmp_path / "cdf.png"
+    data = run_bench("fire_latency", tmp_path, "--modes", ",".join(modes), "--plot", str(plot))
+    assert data["bench"] == "fire_latency"
+    assert set(data["modes"]) == set(modes)
+    for mode, r in data["modes"].items():
+        for key in ("p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms", "early", "lost", "count",
+                    "achieved_rate"):
+            assert key in r, (mode, key)
+        assert r["early"] == 0, mode
+        assert r["lost"] == 0, mode
+        assert r["duplicates"] == 0, mode
+        assert r["count"] == r["expected"], mode
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return
+    assert plot.stat().st_size > 0
