@@ -16,11 +16,14 @@ import time
 from pathlib import Path
 
 import pytest
-from wal_helpers import HERE, replay_all
+from wal_helpers import HERE, replay_all, wal_impl_fixture
 
 from wheelsched.wal import OP, SNAPSHOT
 
 TAGS = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+# every test runs on both record walks (C and pure Python; children inherit the choice)
+wal_impl = wal_impl_fixture()
 
 
 def run_child(d: Path, tag: str, *, kill_after: float | None, seg_bytes: int = 16384,

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from wal_helpers import Faults, fail_fsync, rebuild_state, replay_all
+from wal_helpers import Faults, fail_fsync, rebuild_state, replay_all, wal_impl_fixture
 
 from wheelsched.cli import main as cli_main
 from wheelsched.errors import WheelschedError
@@ -25,6 +25,9 @@ from wheelsched.wal import (
     WriteAheadLog,
 )
 from wheelsched.wal.decoder import list_dir
+
+# every test runs on both record walks (C and pure Python; children inherit the choice)
+wal_impl = wal_impl_fixture()
 
 
 def opened(d: Path, **kw: Any) -> WriteAheadLog:

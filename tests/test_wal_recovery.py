@@ -7,11 +7,14 @@ import os
 from pathlib import Path
 
 import pytest
-from wal_helpers import copy_dir, replay_all
+from wal_helpers import IMPLEMENTATIONS, copy_dir, replay_all, wal_impl_fixture
 
 from wheelsched.wal import OP, CorruptLogError, WALOptions, WriteAheadLog
 from wheelsched.wal.decoder import Recovery, list_dir
 from wheelsched.wal.format import REC_HEADER_SIZE, SEGMENT_MAGIC, decode_file_header
+
+# every test runs on each record walk (C, C with software CRC32C, pure Python)
+wal_impl = wal_impl_fixture(IMPLEMENTATIONS)
 
 
 def make_log(directory: Path, n: int, *, segment_bytes: int = 64 << 20, size: int = 20) -> list[int]:

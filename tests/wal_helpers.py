@@ -17,11 +17,53 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve()
+
+PURE = os.environ.get("WHEELSCHED_PURE_PYTHON", "") not in ("", "0")
+
+# The record walk exists twice (decoder.py): "c" (csrc/walscan.c) and the
+# pure-Python reference; "c-swcrc" is the C walk on its software CRC32C.
+IMPLEMENTATIONS = ["c", "c-swcrc", "python"]
+
+
+def wal_impl_fixture(params: list[str] | None = None) -> Any:
+    """An autouse fixture running every test of a module once per walk
+    (``wal_impl = wal_impl_fixture()`` in the module)."""
+    import pytest
+
+    @pytest.fixture(params=params or ["c", "python"], autouse=True)
+    def wal_impl(request: Any, monkeypatch: Any) -> Iterator[str]:
+        from wheelsched.wal import decoder
+
+        name = request.param
+        previous = decoder.IMPLEMENTATION
+        if name.startswith("c"):
+            if PURE:
+                pytest.skip("WHEELSCHED_PURE_PYTHON is set: the C walk is not tested")
+            from wheelsched.wal import _scan_c  # the test fails if the extension is missing
+
+            monkeypatch.delenv("WHEELSCHED_PURE_PYTHON", raising=False)
+            hw = _scan_c.hardware_crc()
+            _scan_c.use_hardware_crc(name == "c")
+            decoder.use_implementation("c")
+            try:
+                yield name
+            finally:
+                _scan_c.use_hardware_crc(hw)
+                decoder.use_implementation(previous)
+        else:
+            monkeypatch.setenv("WHEELSCHED_PURE_PYTHON", "1")
+            decoder.use_implementation("python")
+            try:
+                yield name
+            finally:
+                decoder.use_implementation(previous)
+
+    return wal_impl
 
 
 class Faults:
