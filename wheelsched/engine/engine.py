@@ -49,6 +49,7 @@ from wheelsched.engine.model import (
     backoff_us,
     build_job,
     check_job_id,
+    replace,
     spec_of,
 )
 from wheelsched.engine.shard import DISPATCH, EPOCH, SCHEDULE, UPDATE, Shard
@@ -145,6 +146,17 @@ class RecoveryStats:
     seconds: float = 0.0
 
 
+def _in_batch(exc: WheelschedError, index: int) -> WheelschedError:
+    """The same error, naming ``jobs[index]`` instead of ``job`` (batches
+    validate with the plain name, so no per-job field strings are built)."""
+    where = f"jobs[{index}]"
+    if isinstance(exc, InvalidArgument):
+        field = exc.field
+        return InvalidArgument(where + field[3:] if field.startswith("job") else field, exc.message)
+    text = str(exc)
+    return type(exc)(where + text[3:] if text.startswith("job") else text)
+
+
 def shard_key(job_id: str) -> str:
     """The part of an id that picks its shard: the first ``{tag}`` if there
     is a non-empty one (co-locating related jobs), else the whole id."""
@@ -207,6 +219,7 @@ class Engine:
             log = self._open_log(shard_id)
             shard = Shard(shard_id, log, self._wheel_factory(tick), tick_us=self.config.tick_us,
                           retention_us=self._retention_of)
+            shard.begin_replay()
             for rec in log.replay():
                 if rec.kind == 2:  # SNAPSHOT
                     shard.restore(rec.payload)
@@ -214,6 +227,7 @@ class Engine:
                 else:
                     shard.apply(rec.payload)
                     stats.records += 1
+            shard.end_replay()
             log.open()
             self.shards.append(shard)
             stats.jobs += len(shard.jobs)
@@ -270,21 +284,27 @@ class Engine:
         picked: list[tuple[Shard, str]] = []  # per request: where its job is (or will be)
         new: dict[str, tuple[Shard, Job]] = {}
         added: dict[Shard, int] = {}
+        defaults = self.config.defaults
         for i, req in enumerate(requests):
-            where = "job" if len(requests) == 1 else f"jobs[{i}]"
-            if not isinstance(req, JobRequest):
-                raise InvalidArgument(where, "is not a job request")
-            if not req.id:
-                req = req._replace(id=uuid.uuid4().hex)
-            check_job_id(req.id, limits, f"{where}.id")
-            shard = self.shard_for(req.id)
-            job = build_job(req, now_us=now, num=shard.next_num + added.get(shard, 0),
-                            limits=limits, defaults=self.config.defaults, field=where)
+            try:
+                if not isinstance(req, JobRequest):
+                    raise InvalidArgument("job", "is not a job request")
+                if not req.id:
+                    req = req._replace(id=uuid.uuid4().hex)
+                check_job_id(req.id, limits, "job.id")
+                shard = self.shard_for(req.id)
+                job = build_job(req, now_us=now, num=shard.next_num + added.get(shard, 0),
+                                limits=limits, defaults=defaults, check_id=False)
+            except WheelschedError as exc:
+                if len(requests) == 1:
+                    raise
+                raise _in_batch(exc, i) from None
             existing = shard.jobs.get(job.id)
             if existing is None and job.id in new:
                 existing = new[job.id][1]
             if existing is not None:
                 if spec_of(existing) != spec_of(job):
+                    where = "job" if len(requests) == 1 else f"jobs[{i}]"
                     raise AlreadyExists(f"{where}.id: job {job.id!r} exists with a different spec")
                 # The existing job's own op may not be durable yet: wait for the log's tip.
                 waits[shard.log] = max(waits.get(shard.log, 0), shard.log.last_seq)
@@ -350,7 +370,7 @@ class Engine:
         """Log and apply a change of ``job``'s status fields."""
         if job.state == _DISPATCHED:
             self._end_lease(shard.id, job.id)
-        new = job._replace(**status)
+        new = replace(job, **status)
         self._write(shard, [UPDATE, job.id, *new[STATUS_START:]], waits)
 
     # ------------------------------------------------------------------ reads
@@ -481,7 +501,7 @@ class Engine:
                 continue
             deadline = now + item.extend_by_us
             # Not through _update: the lease (and its owner) continues.
-            new = job._replace(next_us=deadline)
+            new = replace(job, next_us=deadline)
             self._write(shard, [UPDATE, job.id, *new[STATUS_START:]], waits)
             results.append(ItemResult(item.job_id, item.attempt, None, deadline))
         return results, waits

@@ -15,13 +15,14 @@ int of microseconds.
 from __future__ import annotations
 
 import enum
+import functools
 import re
 import uuid
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from wheelsched import cron
-from wheelsched.errors import InvalidArgument
+from wheelsched.errors import InvalidArgument, ResourceExhausted
 
 US = 1_000_000  # microseconds per second
 
@@ -86,10 +87,29 @@ class Job(NamedTuple):
 
 SPEC_FIELDS = 15  # Job[:SPEC_FIELDS] is the spec
 STATUS_START = Job._fields.index("state")  # Job[STATUS_START:] is what UPDATE ops carry
+_FIELD_INDEX = {name: i for i, name in enumerate(Job._fields)}
+
+# Building a Job from a ready sequence without NamedTuple's argument
+# handling (Job(*values) costs ~3x this; Job._replace, which re-maps all 26
+# fields through a generator, ~20x). Both are on the fire and replay paths.
+_new_tuple = tuple.__new__
+
+
+def make_job(values) -> Job:
+    """A Job from a sequence of its 26 field values (e.g. a decoded log record)."""
+    return _new_tuple(Job, values)
+
+
+def replace(job: Job, **changes) -> Job:
+    """``job._replace(**changes)``, fast."""
+    values = list(job)
+    for name, value in changes.items():
+        values[_FIELD_INDEX[name]] = value
+    return _new_tuple(Job, values)
 
 
 def spec_of(job: Job) -> tuple:
-    return tuple(job[:SPEC_FIELDS])
+    return job[:SPEC_FIELDS]
 
 
 # ---------------------------------------------------------------------------
@@ -125,6 +145,12 @@ class Defaults:
     jitter: float = 0.1
     lease_us: int = 30 * US
 
+    @functools.cached_property
+    def resolved(self) -> tuple:
+        """The Job fields max_attempts .. lease_us for a request that sets none."""
+        return (self.max_attempts, self.min_backoff_us, max(self.max_backoff_us, self.min_backoff_us),
+                self.max_doublings, self.jitter, self.lease_us)
+
 
 # ---------------------------------------------------------------------------
 # Requests
@@ -152,25 +178,30 @@ class JobRequest(NamedTuple):
 
 
 _QUEUE_RE = re.compile(r"[A-Za-z0-9._:\-]+")
+# Plain ints on the hot path: an IntEnum member lookup plus int() costs ~1 µs.
+_DUE, _DELAY, _CRON = int(ScheduleKind.DUE), int(ScheduleKind.DELAY), int(ScheduleKind.CRON)
+_FIRE_ONCE = int(Misfire.FIRE_ONCE)
+_MISFIRE_VALUES = frozenset(int(m) for m in Misfire)
+_SCHEDULED_STATE = int(JobState.SCHEDULED)
+_UNSET_RETRY = (None,) * 6  # JobRequest[9:15]: max_attempts .. lease_us
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 
 
-def _check_id(job_id: str, limits: Limits, field: str = "job.id") -> None:
-    if not isinstance(job_id, str) or not job_id:
-        raise InvalidArgument(field, "must be a non-empty string")
-    if len(job_id.encode("utf-8", "surrogatepass")) > limits.max_id_bytes:
-        raise InvalidArgument(field, f"longer than {limits.max_id_bytes} bytes")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in job_id):
-        raise InvalidArgument(field, "contains control characters")
-    try:
-        job_id.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidArgument(field, "is not valid UTF-8") from None
+# Control characters, and lone surrogates (which cannot be encoded as UTF-8).
+_BAD_ID_CHAR = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
 
 
 def check_job_id(job_id: str, limits: Limits, field: str = "id") -> None:
-    """Validate a job id given to get/cancel/ack (same rules as on create)."""
-    _check_id(job_id, limits, field)
+    """Validate a job id (on create, get, cancel, ack: the same rules).
+    On the write path for every job, so: one regex pass, no per-char Python."""
+    if not isinstance(job_id, str) or not job_id:
+        raise InvalidArgument(field, "must be a non-empty string")
+    if _BAD_ID_CHAR.search(job_id):
+        raise InvalidArgument(field, "contains control characters or is not valid UTF-8")
+    # A character is at most 4 bytes of UTF-8: short ids need no encoding.
+    if len(job_id) * 4 > limits.max_id_bytes and (
+            len(job_id) > limits.max_id_bytes or len(job_id.encode("utf-8")) > limits.max_id_bytes):
+        raise InvalidArgument(field, f"longer than {limits.max_id_bytes} bytes")
 
 
 def _duration(value: int | None, default: int, lo: int, hi: int, field: str) -> int:
@@ -191,67 +222,80 @@ def build_job(
     limits: Limits,
     defaults: Defaults,
     field: str = "job",
+    check_id: bool = True,
 ) -> Job:
     """Validate a request and build the SCHEDULED job it describes.
 
     Raises InvalidArgument naming the offending field. Pure: ``now_us``
     (for delays and cron) and ``num`` are passed in.
     """
-    job_id = req.id or uuid.uuid4().hex
-    _check_id(job_id, limits, f"{field}.id")
-    if not isinstance(req.queue, str) or not req.queue:
+    queue, payload, job_id, due, delay, cron_in, time_zone, misfire, priority = req[:9]
+    if not job_id:
+        job_id = uuid.uuid4().hex
+    elif check_id:
+        check_job_id(job_id, limits, f"{field}.id")
+    if type(queue) is not str or not queue:
         raise InvalidArgument(f"{field}.queue", "must be a non-empty string")
-    if len(req.queue) > limits.max_queue_chars or not _QUEUE_RE.fullmatch(req.queue):
+    if len(queue) > limits.max_queue_chars or not _QUEUE_RE.fullmatch(queue):
         raise InvalidArgument(
             f"{field}.queue", f"must be 1-{limits.max_queue_chars} characters of [A-Za-z0-9._:-]"
         )
-    if not isinstance(req.payload, bytes | bytearray | memoryview):
-        raise InvalidArgument(f"{field}.payload", "must be bytes")
-    payload = bytes(req.payload)
+    if type(payload) is not bytes:
+        if not isinstance(payload, bytes | bytearray | memoryview):
+            raise InvalidArgument(f"{field}.payload", "must be bytes")
+        payload = bytes(payload)
     if len(payload) > limits.max_payload_bytes:
         # Capacity, not form: the same payload would be fine on a node with a higher limit.
-        from wheelsched.errors import ResourceExhausted
-
         raise ResourceExhausted(
             f"{field}.payload: {len(payload)} bytes exceeds the limit of {limits.max_payload_bytes}"
         )
-    if not isinstance(req.priority, int) or not _INT32_MIN <= req.priority <= _INT32_MAX:
+    if type(priority) is not int or not _INT32_MIN <= priority <= _INT32_MAX:
         raise InvalidArgument(f"{field}.priority", "must be a 32-bit integer")
 
-    chosen = [n for n, v in (("due_time", req.due_us), ("delay", req.delay_us),
-                             ("cron", req.cron_expr)) if v is not None]
-    if len(chosen) != 1:
+    if (due is not None) + (delay is not None) + (cron_in is not None) != 1:
+        chosen = [n for n, v in (("due_time", due), ("delay", delay), ("cron", cron_in)) if v is not None]
         raise InvalidArgument(
             f"{field}.schedule", "exactly one of due_time, delay or cron must be set"
             + (f" (got {', '.join(chosen)})" if chosen else "")
         )
-    cron_expr, time_zone, misfire = "", "", int(Misfire.FIRE_ONCE)
-    if req.due_us is not None:
-        if not isinstance(req.due_us, int) or not 0 <= req.due_us <= limits.max_due_us:
+    if due is not None:
+        if type(due) is not int or not 0 <= due <= limits.max_due_us:
             raise InvalidArgument(f"{field}.schedule.due_time", "out of range (1970-01-01 .. 9999-12-31)")
-        kind, when, first = ScheduleKind.DUE, req.due_us, req.due_us
-    elif req.delay_us is not None:
-        if not isinstance(req.delay_us, int) or req.delay_us < 0:
+        kind, when, first, cron_expr, misfire = _DUE, due, due, "", _FIRE_ONCE
+    elif delay is not None:
+        if type(delay) is not int or delay < 0:
             raise InvalidArgument(f"{field}.schedule.delay", "must be zero or positive")
-        if now_us + req.delay_us > limits.max_due_us:
+        if now_us + delay > limits.max_due_us:
             raise InvalidArgument(f"{field}.schedule.delay", "reaches past 9999-12-31")
-        kind, when, first = ScheduleKind.DELAY, req.delay_us, now_us + req.delay_us
+        kind, when, first, cron_expr, misfire = _DELAY, delay, now_us + delay, "", _FIRE_ONCE
     else:
-        kind, when = ScheduleKind.CRON, 0
-        cron_expr, time_zone = req.cron_expr or "", req.time_zone or ""
+        kind, when, cron_expr, time_zone = _CRON, 0, cron_in, time_zone or ""
         try:
             cron.validate(cron_expr, time_zone)
         except ValueError as exc:
             raise InvalidArgument(f"{field}.schedule.cron", str(exc)) from None
-        misfire = req.misfire or int(Misfire.FIRE_ONCE)
-        if misfire not in Misfire.__members__.values():
+        misfire = misfire or _FIRE_ONCE
+        if misfire not in _MISFIRE_VALUES:
             raise InvalidArgument(f"{field}.schedule.cron.misfire_policy", f"unknown value {misfire}")
         first = cron.next_after(cron_expr, time_zone, now_us)
-    if req.time_zone and kind != ScheduleKind.CRON:
+    if time_zone and kind != _CRON:
         raise InvalidArgument(f"{field}.schedule.time_zone", "only applies to cron schedules")
 
+    retry = req[9:15]
+    if retry == _UNSET_RETRY:  # the common case: defaults, validated once
+        retry = defaults.resolved
+    else:
+        retry = _retry_fields(req, limits, defaults, field)
+    return _new_tuple(Job, (
+        job_id, queue, payload, kind, when, cron_expr, time_zone, misfire, priority, *retry,
+        num, now_us, _SCHEDULED_STATE, 0, first, first, "", 0, 0, 0, 0,
+    ))
+
+
+def _retry_fields(req: JobRequest, limits: Limits, defaults: Defaults, field: str) -> tuple:
+    """Validate the retry policy and lease of a request that sets any of them."""
     max_attempts = req.max_attempts if req.max_attempts else defaults.max_attempts
-    if not isinstance(max_attempts, int) or not 1 <= max_attempts <= limits.max_attempts:
+    if type(max_attempts) is not int or not 1 <= max_attempts <= limits.max_attempts:
         raise InvalidArgument(f"{field}.retry_policy.max_attempts", f"must be 1-{limits.max_attempts}")
     min_b = _duration(req.min_backoff_us, defaults.min_backoff_us, 0, limits.max_backoff_us,
                       f"{field}.retry_policy.min_backoff")
@@ -260,19 +304,14 @@ def build_job(
     if max_b < min_b:
         raise InvalidArgument(f"{field}.retry_policy.max_backoff", "is less than min_backoff")
     doublings = defaults.max_doublings if req.max_doublings is None else req.max_doublings
-    if not isinstance(doublings, int) or not 0 <= doublings <= 62:
+    if type(doublings) is not int or not 0 <= doublings <= 62:
         raise InvalidArgument(f"{field}.retry_policy.max_doublings", "must be 0-62")
     jitter = defaults.jitter if req.jitter is None else float(req.jitter)
     if not 0.0 <= jitter <= 1.0:  # also rejects NaN
         raise InvalidArgument(f"{field}.retry_policy.jitter", "must be between 0 and 1")
     lease = _duration(req.lease_us, defaults.lease_us, limits.min_lease_us, limits.max_lease_us,
                       f"{field}.lease_timeout")
-
-    return Job(
-        job_id, req.queue, payload, int(kind), when, cron_expr, time_zone, misfire,
-        req.priority, max_attempts, min_b, max_b, doublings, jitter, lease,
-        num, now_us, int(JobState.SCHEDULED), 0, first, first, "", 0, 0, 0, 0,
-    )
+    return max_attempts, min_b, max_b, doublings, jitter, lease
 
 
 def backoff_us(job: Job, failed_attempt: int, rand: float) -> int:

@@ -25,10 +25,11 @@ is read off the job's state, so re-arming is a cancel and an insert, both O(1).
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable
 from typing import Any
 
-from wheelsched.engine.model import STATUS_START, Job, JobState
+from wheelsched.engine.model import STATUS_START, Job, JobState, make_job
 
 SCHEDULE, UPDATE, DISPATCH, EPOCH = 1, 2, 3, 4
 
@@ -37,6 +38,7 @@ _DISPATCHED = int(JobState.DISPATCHED)
 _SUCCEEDED = int(JobState.SUCCEEDED)
 _DEAD = int(JobState.DEAD)
 _CANCELLED = int(JobState.CANCELLED)
+_STATE, _ATTEMPT, _NEXT_US = (Job._fields.index(f) for f in ("state", "attempt", "next_us"))
 
 
 class Shard:
@@ -65,6 +67,9 @@ class Shard:
         # nums of jobs that fired and wait in the engine's ready queues; any
         # change to such a job takes it out (the queue entry is then skipped).
         self.ready: set[int] = set()
+        # While replaying, timers are not armed one by one: the wheel is
+        # derived from the job table and built in one batch at the end.
+        self.replaying = False
 
     # -- the one apply function ------------------------------------------------
 
@@ -74,12 +79,16 @@ class Shard:
         if code == DISPATCH:
             for job_id, attempt, deadline in op[1]:
                 old = jobs[job_id]
-                self._store(old, old._replace(state=_DISPATCHED, attempt=attempt, next_us=deadline))
+                values = list(old)
+                values[_STATE] = _DISPATCHED
+                values[_ATTEMPT] = attempt
+                values[_NEXT_US] = deadline
+                self._store(old, make_job(values))
         elif code == UPDATE:
             old = jobs[op[1]]
-            self._store(old, Job(*old[:STATUS_START], *op[2:]))
+            self._store(old, make_job(old[:STATUS_START] + tuple(op[2:])))
         elif code == SCHEDULE:
-            job = Job(*op[1])
+            job = make_job(op[1])
             old = jobs.get(job.id)
             if old is not None:  # an id reused after its old job ended
                 self._forget(old)
@@ -95,7 +104,26 @@ class Shard:
             self.epoch = record["epoch"]
             self.next_num = max(self.next_num, record["next_num"])
         else:
-            self._store(None, Job(*record))
+            self._store(None, make_job(record))
+
+    def begin_replay(self) -> None:
+        self.replaying = True
+
+    def end_replay(self) -> None:
+        """Arm every job's timer with one ``insert_many`` call."""
+        self.replaying = False
+        nums = array("q")
+        ticks = array("q")
+        tick_of = self.tick_of
+        retention = self._retention_us
+        for job in self.jobs.values():
+            nums.append(job.num)
+            state = job.state
+            if state in (_SCHEDULED, _DISPATCHED):
+                ticks.append(tick_of(job.next_us))
+            else:
+                ticks.append(tick_of(job.finished_us + retention(state)))
+        self.wheel.insert_many(nums, ticks)
 
     def snapshot_records(self) -> list:
         """A consistent copy of the shard, cheap enough to take on the live
@@ -117,11 +145,14 @@ class Shard:
             if num >= self.next_num:
                 self.next_num = num + 1
         else:
-            self.wheel.cancel(num)
-            self.ready.discard(num)
+            if not self.replaying:
+                self.wheel.cancel(num)
+                self.ready.discard(num)
             self._count(old.state, -1)
         self.jobs[new.id] = new
         self._count(new.state, +1)
+        if self.replaying:
+            return
         state = new.state
         if state in (_SCHEDULED, _DISPATCHED):
             self.wheel.insert(num, self.tick_of(new.next_us))
@@ -136,8 +167,9 @@ class Shard:
             self.in_flight += delta
 
     def _forget(self, job: Job) -> None:
-        self.wheel.cancel(job.num)
-        self.ready.discard(job.num)
+        if not self.replaying:
+            self.wheel.cancel(job.num)
+            self.ready.discard(job.num)
         self._count(job.state, -1)
         del self.by_num[job.num]
         del self.jobs[job.id]
