@@ -86,7 +86,9 @@ def extensions() -> list[Extension]:
         include_dirs=["csrc"],
         extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-function"],
     )
-    return cythonize([ext, walscan], language_level=3, compiler_directives={"embedsignature": True})
+    gc_util = Extension("wheelsched._gc_c", sources=["wheelsched/_gc_c.pyx"])
+    return cythonize([ext, walscan, gc_util], language_level=3,
+                     compiler_directives={"embedsignature": True})
 
 
 setup(

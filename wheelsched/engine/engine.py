@@ -26,6 +26,7 @@ epoch are refused — so (job id, attempt, epoch) names one delivery.
 
 from __future__ import annotations
 
+import gc
 import heapq
 import random
 import uuid
@@ -212,6 +213,19 @@ class Engine:
         node must not serve before they are.
         """
         stats = RecoveryStats()
+        # Replay allocates millions of short-lived containers (decoded
+        # records) and creates no cycles: cyclic collections would only
+        # re-walk what is being built (measured: 1M jobs, 6.1 s -> 3.4 s).
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._recover(stats, progress)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+
+    def _recover(self, stats: RecoveryStats,
+                 progress: Callable[[int, int], None] | None) -> tuple[RecoveryStats, Waits]:
         start = self.clock()
         now = start
         tick = now // self.config.tick_us
