@@ -26,6 +26,7 @@ epoch are refused — so (job id, attempt, epoch) names one delivery.
 
 from __future__ import annotations
 
+import bisect
 import gc
 import heapq
 import random
@@ -415,18 +416,17 @@ class Engine:
             start_shard = int(shard_part)
         out: list[tuple[Job, Shard]] = []
         for shard in self.shards[start_shard:]:
-            need = page_size - len(out)
-            ids = (i for i, j in shard.jobs.items()
-                   if i > after and (not queue or j.queue == queue)
-                   and (not wanted or j.state in wanted))
-            chosen = heapq.nsmallest(need + 1, ids)  # one more tells whether the shard has more
-            out.extend((shard.jobs[i], shard) for i in chosen[:need])
-            if len(chosen) > need:
-                return out, f"{shard.id}:{chosen[need - 1]}"
+            ids = shard.sorted_ids()
+            jobs = shard.jobs
+            for i in range(bisect.bisect_right(ids, after) if after else 0, len(ids)):
+                job = jobs[ids[i]]
+                if (queue and job.queue != queue) or (wanted and job.state not in wanted):
+                    continue
+                if len(out) == page_size:  # one more match: there is a next page
+                    last_job, last_shard = out[-1]
+                    return out, f"{last_shard.id}:{last_job.id}"
+                out.append((job, shard))
             after = ""
-            if len(out) == page_size:
-                more = shard.id + 1 < len(self.shards)
-                return out, f"{shard.id + 1}:" if more else ""
         return out, ""
 
     # ------------------------------------------------------------------ workers

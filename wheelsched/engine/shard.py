@@ -70,6 +70,7 @@ class Shard:
         # While replaying, timers are not armed one by one: the wheel is
         # derived from the job table and built in one batch at the end.
         self.replaying = False
+        self._sorted_ids: list[str] | None = None  # for listing; None when jobs came or went
 
     # -- the one apply function ------------------------------------------------
 
@@ -112,6 +113,7 @@ class Shard:
     def end_replay(self) -> None:
         """Arm every job's timer with one ``insert_many`` call."""
         self.replaying = False
+        self._sorted_ids: list[str] | None = None  # for listing; None when jobs came or went
         nums = array("q")
         ticks = array("q")
         tick_of = self.tick_of
@@ -124,6 +126,13 @@ class Shard:
             else:
                 ticks.append(tick_of(job.finished_us + retention(state)))
         self.wheel.insert_many(nums, ticks)
+
+    def sorted_ids(self) -> list[str]:
+        """Job ids in order, for paging. Cached until a job is added or
+        dropped, so paging through a quiet shard costs a bisect per page."""
+        if self._sorted_ids is None:
+            self._sorted_ids = sorted(self.jobs)
+        return self._sorted_ids
 
     def snapshot_records(self) -> list:
         """A consistent copy of the shard, cheap enough to take on the live
@@ -141,6 +150,7 @@ class Shard:
     def _store(self, old: Job | None, new: Job) -> None:
         num = new.num
         if old is None:
+            self._sorted_ids = None
             self.by_num[num] = new.id
             if num >= self.next_num:
                 self.next_num = num + 1
@@ -173,6 +183,7 @@ class Shard:
         self._count(job.state, -1)
         del self.by_num[job.num]
         del self.jobs[job.id]
+        self._sorted_ids = None
 
     def purge(self, job: Job) -> None:
         """Drop a final job whose retention ran out. Not logged: on replay the
