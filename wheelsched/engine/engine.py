@@ -200,6 +200,7 @@ class Engine:
         self._subs: dict[str, list[Subscription]] = {}
         self._rr: dict[str, int] = {}
         self._lease_owner: dict[tuple[int, str], Subscription] = {}
+        self._unlogged: dict[Shard, list] = {}  # ops applied in this call, not yet appended
         self.dispatch_paused = False  # set while a node drains for shutdown
         self.counters: dict[str, int] = dict.fromkeys(
             ("scheduled", "fired", "dispatched", "succeeded", "failed", "retried", "dead",
@@ -250,15 +251,16 @@ class Engine:
                 progress(shard_id + 1, self.config.shard_count)
         waits: Waits = {}
         for shard in self.shards:
-            self._begin_epoch(shard, shard.epoch + 1, waits)
-            stats.released_leases += self._release_leases(shard, "lease lost: node restarted", waits)
+            self._begin_epoch(shard, shard.epoch + 1)
+            stats.released_leases += self._release_leases(shard, "lease lost: node restarted")
+        self._flush(waits)
         stats.seconds = (self.clock() - start) / US
         return stats, waits
 
-    def _begin_epoch(self, shard: Shard, epoch: int, waits: Waits) -> None:
-        self._write(shard, [EPOCH, epoch], waits)
+    def _begin_epoch(self, shard: Shard, epoch: int) -> None:
+        self._write(shard, [EPOCH, epoch])
 
-    def _release_leases(self, shard: Shard, reason: str, waits: Waits) -> int:
+    def _release_leases(self, shard: Shard, reason: str) -> int:
         """Every lease of an older epoch ends now. Its job is due again at
         once and the lost attempt does not count against max_attempts (the
         node failed, not the job); the redelivery reuses the attempt number
@@ -266,19 +268,41 @@ class Engine:
         now = self.clock()
         leased = [j for j in shard.jobs.values() if j.state == _DISPATCHED]
         for job in leased:
-            self._update(shard, job, waits, state=_SCHEDULED, attempt=job.attempt - 1,
+            self._update(shard, job, state=_SCHEDULED, attempt=job.attempt - 1,
                          next_us=now, last_error=reason)
         return len(leased)
 
     # ------------------------------------------------------------------ writes
 
-    def _write(self, shard: Shard, op: list, waits: Waits | None) -> None:
-        seq = shard.log.append(op)
+    def _write(self, shard: Shard, op: list) -> None:
+        """Apply an op now; it reaches the log at the end of the engine call.
+
+        Every public method that changes state ends with ``_flush``, which
+        appends all ops of the call to each shard's log with one
+        ``append_many`` (one queue operation and one writer wake-up per
+        shard, not per op) before the method returns. Nothing can observe
+        the state in between — the engine is single-threaded and never
+        waits — and callers answer only after the returned waits are
+        durable, so this is still write-ahead at the granularity of a call.
+        """
         shard.apply(op)
-        if waits is not None:
-            waits[shard.log] = seq
-        if shard.log.snapshot_due():
-            shard.log.snapshot(shard.snapshot_records())
+        ops = self._unlogged.get(shard)
+        if ops is None:
+            self._unlogged[shard] = [op]
+        else:
+            ops.append(op)
+
+    def _flush(self, waits: Waits | None = None) -> None:
+        if not self._unlogged:
+            return
+        unlogged, self._unlogged = self._unlogged, {}
+        for shard, ops in unlogged.items():
+            log = shard.log
+            seq = log.append_many(ops)
+            if waits is not None and seq > waits.get(log, 0):
+                waits[log] = seq
+            if log.snapshot_due():
+                log.snapshot(shard.snapshot_records())
 
     def shard_for(self, job_id: str) -> Shard:
         return self.shards[shard_of(job_id, self.config.shard_count)]
@@ -359,7 +383,8 @@ class Engine:
             raise FailedPrecondition(f"job {job_id!r} is {JobState(job.state).name}; only a job "
                                      "that has not finished can be cancelled")
         now = self.clock()
-        self._update(shard, job, waits, state=_CANCELLED, next_us=0, finished_us=now)
+        self._update(shard, job, state=_CANCELLED, next_us=0, finished_us=now)
+        self._flush(waits)
         self.counters["cancelled"] += 1
         return shard.jobs[job_id], waits
 
@@ -376,17 +401,18 @@ class Engine:
             raise ResourceExhausted(f"shard {shard.id} is at its pending-jobs limit")
         now = self.clock()
         waits: Waits = {}
-        self._update(shard, job, waits, state=_SCHEDULED, attempt=0, next_us=now, fire_us=now,
+        self._update(shard, job, state=_SCHEDULED, attempt=0, next_us=now, fire_us=now,
                      finished_us=0)
+        self._flush(waits)
         self.counters["requeued"] += 1
         return shard.jobs[job_id], waits
 
-    def _update(self, shard: Shard, job: Job, waits: Waits | None, **status: Any) -> None:
+    def _update(self, shard: Shard, job: Job, **status: Any) -> None:
         """Log and apply a change of ``job``'s status fields."""
         if job.state == _DISPATCHED:
             self._end_lease(shard.id, job.id)
         new = replace(job, **status)
-        self._write(shard, [UPDATE, job.id, *new[STATUS_START:]], waits)
+        self._write(shard, [UPDATE, job.id, *new[STATUS_START:]])
 
     # ------------------------------------------------------------------ reads
 
@@ -445,6 +471,7 @@ class Engine:
         for q in sub.queues:
             self._subs.setdefault(q, []).append(sub)
         self._dispatch()
+        self._flush()
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
@@ -491,12 +518,13 @@ class Engine:
                 results.append(ItemResult(item.job_id, item.attempt, exc))
                 continue
             if item.success:
-                self._succeed(shard, job, now, waits)
+                self._succeed(shard, job, now)
             else:
                 error = (item.error or "failed")[:1024]
-                self._fail(shard, job, now, error, item.retryable, waits)
+                self._fail(shard, job, now, error, item.retryable)
             results.append(ItemResult(item.job_id, item.attempt, None))
         self._dispatch()
+        self._flush(waits)
         return results, waits
 
     def extend(self, items: Sequence[Extension]) -> tuple[list[ItemResult], Waits]:
@@ -516,46 +544,45 @@ class Engine:
             deadline = now + item.extend_by_us
             # Not through _update: the lease (and its owner) continues.
             new = replace(job, next_us=deadline)
-            self._write(shard, [UPDATE, job.id, *new[STATUS_START:]], waits)
+            self._write(shard, [UPDATE, job.id, *new[STATUS_START:]])
             results.append(ItemResult(item.job_id, item.attempt, None, deadline))
+        self._flush(waits)
         return results, waits
 
     # -- outcomes of an attempt ---------------------------------------------------
 
-    def _succeed(self, shard: Shard, job: Job, now: int, waits: Waits | None) -> None:
+    def _succeed(self, shard: Shard, job: Job, now: int) -> None:
         self.counters["succeeded"] += 1
         if job.kind == _CRON:
-            self._next_execution(shard, job, now, waits, executions=job.executions + 1,
+            self._next_execution(shard, job, now, executions=job.executions + 1,
                                  last_error="")
         else:
-            self._update(shard, job, waits, state=_SUCCEEDED, next_us=0, finished_us=now,
+            self._update(shard, job, state=_SUCCEEDED, next_us=0, finished_us=now,
                          last_error="")
 
-    def _fail(self, shard: Shard, job: Job, now: int, error: str, retryable: bool,
-              waits: Waits | None) -> None:
+    def _fail(self, shard: Shard, job: Job, now: int, error: str, retryable: bool) -> None:
         self.counters["failed"] += 1
         if retryable and job.attempt < job.max_attempts:
             self.counters["retried"] += 1
             delay = backoff_us(job, job.attempt, self.rand())
-            self._update(shard, job, waits, state=_SCHEDULED, next_us=now + delay,
+            self._update(shard, job, state=_SCHEDULED, next_us=now + delay,
                          last_error=error)
         elif job.kind == _CRON:
             # This execution is dead; the schedule goes on.
             self.counters["dead"] += 1
-            self._next_execution(shard, job, now, waits, last_error=error,
+            self._next_execution(shard, job, now, last_error=error,
                                  dead_executions=job.dead_executions + 1)
         else:
             self.counters["dead"] += 1
-            self._update(shard, job, waits, state=_DEAD, next_us=0, finished_us=now,
+            self._update(shard, job, state=_DEAD, next_us=0, finished_us=now,
                          last_error=error)
 
-    def _next_execution(self, shard: Shard, job: Job, now: int, waits: Waits | None,
-                        **status: Any) -> None:
+    def _next_execution(self, shard: Shard, job: Job, now: int, **status: Any) -> None:
         """Arm the cron job for its next occurrence. If that is already past
         (the execution ran long), it fires at once and the misfire policy is
         applied then, in ``_late_cron`` — the one place misfires are decided."""
         occurrence = cron.next_after(job.cron_expr, job.time_zone, job.fire_us)
-        self._update(shard, job, waits, state=_SCHEDULED, attempt=0, next_us=occurrence,
+        self._update(shard, job, state=_SCHEDULED, attempt=0, next_us=occurrence,
                      fire_us=occurrence, **status)
 
     # ------------------------------------------------------------------ time
@@ -603,13 +630,14 @@ class Engine:
                     fired_total += 1
                 elif state == _DISPATCHED:
                     self.counters["lease_expired"] += 1
-                    self._fail(shard, job, now, "lease expired", True, None)
+                    self._fail(shard, job, now, "lease expired", True)
                 else:
                     self.counters["purged"] += 1
                     shard.purge(job)
         self.counters["fired"] += fired_total
         if ready:
             self._dispatch()
+        self._flush()
         return fired_total
 
     def _late_cron(self, shard: Shard, job: Job, now: int) -> Job:
@@ -620,7 +648,7 @@ class Engine:
         fire_at, nominal, missed = cron.plan(job.cron_expr, job.time_zone, job.misfire,
                                              job.next_us, now, self.config.misfire_threshold_us)
         self.counters["misfired"] += missed
-        self._update(shard, job, None, next_us=fire_at, fire_us=nominal,
+        self._update(shard, job, next_us=fire_at, fire_us=nominal,
                      misfires=job.misfires + missed)
         if fire_at <= now:
             shard.wheel.cancel(job.num)  # it goes to the ready queue now, not back to the wheel
@@ -668,7 +696,7 @@ class Engine:
         if not per_shard:
             return
         for shard, items in per_shard.items():
-            self._write(shard, [DISPATCH, items], None)
+            self._write(shard, [DISPATCH, items])
             self.counters["dispatched"] += len(items)
         for sub, lst in per_sub.items():
             sub.deliver([Delivery(shard.jobs[job_id], shard.id, shard.epoch, due)

@@ -237,11 +237,21 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                 put(None)
 
         reader = asyncio.create_task(read())
+        get_nowait = out.get_nowait
         try:
-            while True:
+            closing = False
+            while not closing:
                 msg = await out.get()
                 if msg is None:
                     break
+                # A stream carries a few thousand messages/s at most: send
+                # everything queued while the last write was in flight as one.
+                while not out.empty():
+                    more = get_nowait()
+                    if more is None:
+                        closing = True
+                        break
+                    msg.MergeFrom(more)
                 await context.write(msg)
         finally:
             engine.unsubscribe(sub)
