@@ -167,7 +167,9 @@ int ws_scan(const uint8_t *buf, size_t n, ws_scan_state *st, size_t limit,
         }
         if (type == copy_type) {
             if (out != NULL && seq > min_seq) {
-                memcpy(out + out_len, r + WS_REC_HEADER, len);
+                /* memmove: out may be buf itself (payloads compacted in
+                 * place, always to the left of the record being read) */
+                memmove(out + out_len, r + WS_REC_HEADER, len);
                 out_len += len;
             }
         } else if (stop_other) {

@@ -51,7 +51,8 @@ int ws_crc32c_hw_available(void);
 /* Walk records in buf[st->off, n) starting at seq st->expect, for at most
  * `limit` records. Payloads of records of type copy_type whose seq is >
  * min_seq are appended to out (if out is not NULL; it must have room for
- * n - st->off bytes); the seqs > min_seq of other valid records go to
+ * n - st->off bytes, or be buf + st->off - k for some k >= 0: the payloads
+ * are then compacted in place, overwriting only records already read); the seqs > min_seq of other valid records go to
  * others[] (up to others_cap). With stop_other, the walk stops at the first
  * valid record whose type is not copy_type instead (WS_STOP). */
 int ws_scan(const uint8_t *buf, size_t n, ws_scan_state *st, size_t limit,

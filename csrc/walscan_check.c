@@ -72,6 +72,18 @@ static void walk_one(const uint8_t *src, size_t n, size_t start, uint64_t first_
                 CHECK(a.count == total);
             }
             CHECK(a.off <= n && a.out_len <= n);
+            if (copy && start >= 5) {
+                /* in place, the way decoder.py uses it: the same payloads */
+                uint8_t *inplace = malloc(n ? n : 1);
+                memcpy(inplace, src, n);
+                ws_scan_state c = {.off = start, .expect = first_seq, .out_len = 0};
+                int sc = ws_scan(inplace, n, &c, (size_t)-1, 1, 0, stop_other,
+                                 inplace + start - 5, others, 0);
+                CHECK(sc == sa && c.off == a.off && c.out_len == a.out_len);
+                CHECK(memcmp(inplace + start - 5, out, a.out_len) == 0);
+                CHECK(memcmp(inplace + c.off, src + c.off, n - c.off) == 0); /* rest untouched */
+                free(inplace);
+            }
         }
     }
     for (size_t p = 0; p <= n + 1; p++) {

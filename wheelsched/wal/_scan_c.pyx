@@ -8,7 +8,7 @@ by the payloads back to back), so that one ``msgpack.unpackb`` call decodes a
 whole chunk without a Python-level step per record.
 """
 
-from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_FromStringAndSize
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
@@ -102,6 +102,12 @@ def crc32c_hw(data, uint32_t value=0):
     return _crc(data, value, 2)
 
 
+def uninitialized(Py_ssize_t size):
+    """A bytearray of ``size`` bytes left uninitialized (``bytearray(n)``
+    zero-fills, which costs as much as reading the file into it)."""
+    return PyByteArray_FromStringAndSize(NULL, size)
+
+
 def scan(data, size_t off, uint64_t expect, size_t limit, unsigned copy_type,
          uint64_t min_seq, bint copy, bint stop_other):
     """Walk records of ``data`` from ``off`` (whose seq must be ``expect``).
@@ -111,9 +117,16 @@ def scan(data, size_t off, uint64_t expect, size_t limit, unsigned copy_type,
     record) and the seq expected there, how many records it consumed, the
     seq/type of the record at ``off`` for SEQ and STOP, and, with ``copy``,
     the payloads of the records of ``copy_type`` with seq > ``min_seq`` as one
-    msgpack array (a bytearray; None without ``copy``) plus the list of the
-    other seqs > ``min_seq`` it consumed (in order). Never raises on bad
-    data; ``limit`` bounds the records consumed (0 means none)."""
+    msgpack array (None without ``copy``) plus the list of the other seqs >
+    ``min_seq`` it consumed (in order). Never raises on bad data; ``limit``
+    bounds the records consumed (0 means none).
+
+    When ``data`` is writable (a bytearray) and ``off >= 5``, the array is
+    built in place: a memoryview of ``data[off - 5:]``, made by moving the
+    payloads over the record headers already read. That saves allocating
+    and page-faulting a second buffer as large as the file, but ``data``
+    before the returned offset no longer holds the records; from the
+    returned offset on it is untouched. Otherwise a new bytearray is used."""
     cdef Py_buffer view
     cdef ws_scan_state st
     cdef int status
@@ -123,7 +136,15 @@ def scan(data, size_t off, uint64_t expect, size_t limit, unsigned copy_type,
     cdef uint64_t lo, k
     cdef object blob = None
     cdef list other_seqs = []
-    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    cdef bint in_place = False
+    if copy and off >= 5:
+        try:
+            PyObject_GetBuffer(data, &view, PyBUF_WRITABLE)
+            in_place = True
+        except BufferError:  # read-only (bytes): copy into a new buffer
+            pass
+    if not in_place:
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
     try:
         n = <size_t>view.len
         if off > n:
@@ -137,8 +158,11 @@ def scan(data, size_t off, uint64_t expect, size_t limit, unsigned copy_type,
         st.n_others = 0
         if copy:
             # a chunk can never hold more payload bytes or records than that
-            blob = PyByteArray_FromStringAndSize(NULL, <Py_ssize_t>(n - off + 5))
-            out = <uint8_t *>PyByteArray_AS_STRING(blob)
+            if in_place:
+                out = <uint8_t *>view.buf + off - 5
+            else:
+                blob = PyByteArray_FromStringAndSize(NULL, <Py_ssize_t>(n - off + 5))
+                out = <uint8_t *>PyByteArray_AS_STRING(blob)
             if not stop_other:  # (stop_other never fills `others`)
                 cap = (n - off) // 16 + 1
                 if cap > limit:
@@ -160,7 +184,10 @@ def scan(data, size_t off, uint64_t expect, size_t limit, unsigned copy_type,
             out[2] = <uint8_t>(k >> 16)
             out[3] = <uint8_t>(k >> 8)
             out[4] = <uint8_t>k
-            blob = memoryview(blob)[: st.out_len]
+            if in_place:
+                blob = memoryview(data)[off - 5 : off - 5 + st.out_len]
+            else:
+                blob = memoryview(blob)[: st.out_len]
             for i in range(st.n_others):
                 other_seqs.append(others[i])
     finally:

@@ -144,6 +144,28 @@ def read_file(path: Path) -> bytes:
         return f.readall()
 
 
+def _read_for_scan(path: Path) -> bytes | bytearray:
+    """The file to walk: with the C walk a bytearray, which the walk then
+    reuses for the decoded chunk (see ``_scan_c.scan``) instead of
+    allocating a second buffer of the file's size."""
+    if _C is None:
+        return read_file(path)
+    with open(path, "rb", buffering=0) as f:
+        size = os.fstat(f.fileno()).st_size
+        buf = _C.uninitialized(size)
+        view = memoryview(buf)
+        got = 0
+        while got < size:
+            n = f.readinto(view[got:])
+            if not n:
+                break
+            got += n
+        view.release()
+        if got < size:  # the file shrank meanwhile
+            del buf[got:]
+        return buf
+
+
 def find_valid_record(data: bytes, start: int, min_seq: int) -> int | None:
     """Offset of the first record at or after ``start`` that passes its CRC and
     has seq >= min_seq, or None. Used only after a bad record, to tell a torn
@@ -175,7 +197,7 @@ class _Scan:
 
     __slots__ = ("bad", "data", "end", "expect", "mv", "offset", "path")
 
-    def __init__(self, path: Path, data: bytes, offset: int, expect: int) -> None:
+    def __init__(self, path: Path, data: bytes | bytearray, offset: int, expect: int) -> None:
         self.path = path
         self.data = data
         self.mv = memoryview(data)
@@ -356,7 +378,7 @@ def read_snapshot(path: Path, *, decode: bool = True) -> tuple[FileHeader, list[
     """Read and fully validate a snapshot file: (header, items, file size).
     Snapshots are renamed into place only after they were completely written
     and fsynced, so any flaw is corruption (there is no torn tail here)."""
-    data = read_file(path)
+    data = _read_for_scan(path)
     hdr = decode_file_header(data, SNAPSHOT_MAGIC)
     if isinstance(hdr, str):
         raise CorruptLogError(path, 0, hdr)
@@ -364,12 +386,14 @@ def read_snapshot(path: Path, *, decode: bool = True) -> tuple[FileHeader, list[
         got = _read_snapshot_c(data, hdr, decode)
         if got is not None:
             return got
-        # something is wrong: the reference walk names it exactly
+        # something is wrong: the reference walk names it exactly (on a
+        # fresh copy: the C walk compacted the payloads in place)
+        data = read_file(path)
     return _read_snapshot_py(path, data, hdr, decode)
 
 
 def _read_snapshot_c(
-    data: bytes, hdr: FileHeader, decode: bool
+    data: bytes | bytearray, hdr: FileHeader, decode: bool
 ) -> tuple[FileHeader, list[Any], int] | None:
     """The whole snapshot in one C walk and one unpackb; None on any flaw."""
     C = _C
@@ -391,7 +415,6 @@ def _read_snapshot_c(
         return None
     items: list[Any] = []
     if decode:
-        del data
         gc_was = gc.isenabled()
         gc.disable()
         try:
@@ -576,7 +599,7 @@ class Recovery:
         last_seq = covered
         for idx, (first, path) in enumerate(used):
             is_last = idx == len(used) - 1
-            data = read_file(path)
+            data = _read_for_scan(path) if decode else read_file(path)
             hdr = read_segment_header(path, data)
             if hdr.seq != first:
                 raise CorruptLogError(path, 0, f"header says first seq {hdr.seq}, name says {first}")
