@@ -88,7 +88,13 @@ def test_schedule_get_list_cancel(client: Client, queue: str) -> None:
         [{"queue": queue, "id": f"{queue}-{i:02}", "delay": 3600} for i in range(25)], chunk=10
     )
     assert [j.id for j in many] == [f"{queue}-{i:02}" for i in range(25)]
-    assert all(j.delay == timedelta(hours=1) for j in many)
+    # The default (minimal) view: id, state, next fire time, shard, epoch; no spec echo.
+    assert all(j.state == "SCHEDULED" and j.next_fire_time and j.epoch >= 1 for j in many)
+    assert all(j.delay is None for j in many)
+    again = client.schedule_many(
+        [{"queue": queue, "id": f"{queue}-{i:02}", "delay": 3600} for i in range(25)], view="basic"
+    )  # idempotent: the same jobs, now with their specs
+    assert all(j.delay == timedelta(hours=1) and j.queue == queue for j in again)
 
     listed = [j.id for j in client.list(queue=queue, page_size=7)]
     assert sorted(listed) == sorted([one.id] + [j.id for j in many])

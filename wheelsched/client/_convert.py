@@ -108,7 +108,7 @@ MISFIRE_BY_NAME: dict[str, int] = {
 }
 MISFIRE_NAMES: dict[int, str] = {v: k for k, v in MISFIRE_BY_NAME.items()}
 
-VIEWS: dict[str, int] = {"basic": job_pb2.BASIC, "full": job_pb2.FULL}
+VIEWS: dict[str, int] = {"basic": job_pb2.BASIC, "full": job_pb2.FULL, "minimal": job_pb2.MINIMAL}
 
 STATE_NAMES: tuple[str, ...] = ("SCHEDULED", "DISPATCHED", "SUCCEEDED", "DEAD", "CANCELLED")
 FINAL_STATES = frozenset({"SUCCEEDED", "DEAD", "CANCELLED"})
@@ -139,7 +139,7 @@ def view_value(view: str | int) -> int:
     try:
         return VIEWS[str(view).lower()]
     except KeyError:
-        raise InvalidArgument("view", f"{view!r} is not 'basic' or 'full'") from None
+        raise InvalidArgument("view", f"{view!r} is not 'basic', 'full' or 'minimal'") from None
 
 
 # ---------------------------------------------------------------- job spec (input)

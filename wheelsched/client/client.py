@@ -145,10 +145,14 @@ class Client:
         jobs: Iterable[JobSpec | Mapping[str, Any]],
         chunk: int = MAX_BATCH_HINT,
         *,
-        view: str = "basic",
+        view: str = "minimal",
     ) -> builtins.list[Job]:
         """Schedule many jobs with one ``BatchScheduleJobs`` RPC per ``chunk``
         jobs; returns them in input order.
+
+        By default the returned jobs carry only id, state, next_fire_time,
+        shard and epoch (``view="minimal"``): echoing every spec back costs
+        more than scheduling it. ``view="basic"`` or ``"full"`` returns more.
 
         Each chunk is accepted or rejected as a whole by the server, but
         chunks are independent: if chunk k fails, chunks before it are

@@ -76,11 +76,22 @@ def job_request(pb: job_pb2.Job, field: str = "job") -> JobRequest:
     )
 
 
-def job_to_proto(job: Job, shard: int, epoch: int, full: bool, out: job_pb2.Job | None = None) -> job_pb2.Job:
+_FULL, _MINIMAL = job_pb2.JobView.FULL, job_pb2.JobView.MINIMAL
+
+
+def job_to_proto(job: Job, shard: int, epoch: int, view: int, out: job_pb2.Job | None = None) -> job_pb2.Job:
+    """The API Job for ``view`` (BASIC: everything but the payload)."""
     pb = job_pb2.Job() if out is None else out
     pb.id = job.id
+    pb.state = job.state
+    pb.shard = shard
+    pb.epoch = epoch
+    if job.next_us:
+        set_ts(pb.next_fire_time, job.next_us)
+    if view == _MINIMAL:
+        return pb
     pb.queue = job.queue
-    if full:
+    if view == _FULL:
         pb.payload = job.payload
     kind = job.kind
     if kind == ScheduleKind.DUE:
@@ -99,19 +110,14 @@ def job_to_proto(job: Job, shard: int, epoch: int, full: bool, out: job_pb2.Job 
     rp.max_doublings = job.max_doublings
     rp.jitter = job.jitter
     set_dur(pb.lease_timeout, job.lease_us)
-    pb.state = job.state
     pb.attempt = job.attempt
     pb.last_error = job.last_error
-    if job.next_us:
-        set_ts(pb.next_fire_time, job.next_us)
     set_ts(pb.create_time, job.created_us)
     if job.finished_us:
         set_ts(pb.finish_time, job.finished_us)
     pb.executions = job.executions
     pb.misfires = job.misfires
     pb.dead_executions = job.dead_executions
-    pb.shard = shard
-    pb.epoch = epoch
     return pb
 
 

@@ -34,7 +34,6 @@ if TYPE_CHECKING:
     from wheelsched.server.node import Node
 
 log = logging.getLogger("wheelsched.server")
-_FULL = job_pb2.JobView.FULL
 DEFAULT_MAX_IN_FLIGHT = 64
 
 
@@ -57,7 +56,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         self.engine = node.engine
 
     def _job(self, job, shard, view) -> job_pb2.Job:
-        return convert.job_to_proto(job, shard.id, shard.epoch, view == _FULL)
+        return convert.job_to_proto(job, shard.id, shard.epoch, view)
 
     @rpc
     async def ScheduleJob(self, request, context):
@@ -80,12 +79,12 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         self.node.after_write()
         await self.node.wait_durable(waits)
         resp = scheduler_pb2.BatchScheduleJobsResponse()
-        full = request.view == _FULL
+        view = request.view
         shard_for = self.engine.shard_for
         add = resp.jobs.add
         for job in jobs:
             shard = shard_for(job.id)
-            convert.job_to_proto(job, shard.id, shard.epoch, full, add())
+            convert.job_to_proto(job, shard.id, shard.epoch, view, add())
         return resp
 
     @rpc
@@ -98,9 +97,9 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         page, token = self.engine.list(queue=request.queue, states=list(request.states),
                                        page_size=request.page_size, page_token=request.page_token)
         resp = scheduler_pb2.ListJobsResponse(next_page_token=token)
-        full = request.view == _FULL
+        view = request.view
         for job, shard in page:
-            convert.job_to_proto(job, shard.id, shard.epoch, full, resp.jobs.add())
+            convert.job_to_proto(job, shard.id, shard.epoch, view, resp.jobs.add())
         return resp
 
     @rpc
