@@ -172,15 +172,18 @@ class JobSpec:
     max_doublings: int | None = None
     jitter: float | None = None
     lease_timeout: DurationLike | None = None
+    # The message built (and so validated) at construction; to_proto hands
+    # out copies of it instead of converting every field again.
+    _proto: job_pb2.Job | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.payload, str):
             object.__setattr__(self, "payload", self.payload.encode())
         elif isinstance(self.payload, bytearray | memoryview):
             object.__setattr__(self, "payload", bytes(self.payload))
-        # Build once now: every check lives in to_proto, and a spec that
+        # Build once now: every check lives in _build, and a spec that
         # constructs is a spec that converts.
-        self.to_proto()
+        object.__setattr__(self, "_proto", self._build())
 
     @classmethod
     def from_mapping(cls, spec: Mapping[str, Any]) -> JobSpec:
@@ -193,7 +196,12 @@ class JobSpec:
         return cls(**spec)
 
     def to_proto(self) -> job_pb2.Job:
-        """The ``Job`` message (input fields only)."""
+        """The ``Job`` message (input fields only); a fresh copy each call."""
+        msg = job_pb2.Job()
+        msg.CopyFrom(self._proto)
+        return msg
+
+    def _build(self) -> job_pb2.Job:
         if not isinstance(self.queue, str) or not self.queue:
             raise InvalidArgument("queue", "must be a non-empty string")
         if not isinstance(self.payload, bytes):
@@ -256,7 +264,7 @@ class JobSpec:
         return job
 
 
-_SPEC_FIELDS = frozenset(f.name for f in fields(JobSpec))
+_SPEC_FIELDS = frozenset(f.name for f in fields(JobSpec) if f.init)
 
 
 def _set_int(msg: Any, attr: str, value: Any, field_name: str) -> None:
