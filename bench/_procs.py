@@ -7,39 +7,23 @@ server fails to start.
 
 from __future__ import annotations
 
-import os
-import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
+from wheelsched.server.process import spawn_listening
+
 REPO = Path(__file__).resolve().parent.parent
-_LISTENING = re.compile(r"listening on (\S+):(\d+)")
 
 
 class ServerProcess:
     def __init__(self, argv: list[str], log_path: Path, timeout: float = 60.0) -> None:
         self.log_path = log_path
-        with open(log_path, "wb") as log:
-            self.proc = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.proc, self.port = spawn_listening(argv, log_path, timeout, cwd=REPO)
         self.pid = self.proc.pid
-        deadline = time.monotonic() + timeout
-        while True:
-            m = _LISTENING.search(self.log_text())
-            if m:
-                self.port = int(m.group(2))
-                self.target = f"127.0.0.1:{self.port}"
-                return
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{argv[2:4]} exited with {self.proc.returncode}:\n{self.log_tail()}")
-            if time.monotonic() > deadline:
-                self.kill()
-                raise TimeoutError(f"{argv[2:4]} not listening after {timeout}s:\n{self.log_tail()}")
-            time.sleep(0.02)
+        self.target = f"127.0.0.1:{self.port}"
 
     def log_text(self) -> str:
         try:

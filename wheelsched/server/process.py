@@ -28,6 +28,38 @@ _LISTENING = re.compile(r"listening on (\S+):(\d+)")
 START_TIMEOUT = 60.0
 
 
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return ""
+
+
+def spawn_listening(argv: list[str], log_path: Path, timeout: float = START_TIMEOUT,
+                    cwd: Path | None = None) -> tuple[subprocess.Popen[bytes], int]:
+    """Start a server that prints ``listening on HOST:PORT`` when it serves
+    (the node, or a benchmark's baseline server) with its output in
+    ``log_path``; wait for that line and return the process and port. A
+    server that exits or stays silent too long is killed and reported with
+    the tail of its log."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + timeout
+    while True:
+        match = _LISTENING.search(log_path.read_text(errors="replace"))
+        if match:
+            return proc, int(match.group(2))
+        if proc.poll() is not None:
+            raise RuntimeError(f"{' '.join(argv[1:4])} exited with {proc.returncode} before "
+                               f"listening:\n{_tail(log_path)}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait(30)
+            raise TimeoutError(f"{' '.join(argv[1:4])} not listening after {timeout}s:\n{_tail(log_path)}")
+        time.sleep(0.02)
+
+
 class NodeProcess:
     """One node's data directory and flags, and the process currently serving it."""
 
@@ -61,28 +93,8 @@ class NodeProcess:
             raise RuntimeError("node already running")
         self.starts += 1
         self.log_path = self.tmp_path / f"node-{self.starts}.log"
-        log = open(self.log_path, "wb")  # noqa: SIM115 - the child owns it
-        try:
-            self.proc = subprocess.Popen(
-                self._argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )  # fmt: skip
-        finally:
-            log.close()
-        deadline = time.monotonic() + timeout
-        while True:
-            match = _LISTENING.search(self.log_text())
-            if match:
-                self.port = int(match.group(2))
-                return self
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"node exited with {self.proc.returncode} before listening:\n{self.log_tail()}"
-                )
-            if time.monotonic() > deadline:
-                self.kill()
-                raise TimeoutError(f"node not listening after {timeout}s:\n{self.log_tail()}")
-            time.sleep(0.02)
+        self.proc, self.port = spawn_listening(self._argv(), self.log_path, timeout)
+        return self
 
     def log_text(self) -> str:
         if self.log_path is None or not self.log_path.exists():
