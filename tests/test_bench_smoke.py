@@ -60,3 +60,14 @@ def test_fire_latency_bench_smoke(tmp_path: Path) -> None:
     except ImportError:
         return
     assert plot.stat().st_size > 0
+
+
+def test_crash_replay_bench_smoke(tmp_path: Path) -> None:
+    data = run_bench("crash_replay", tmp_path)
+    res = data["result"]
+    assert res["acked"] > 0 and res["cancelled"] > 0
+    assert res["acked_before_kill"] <= res["acked"]
+    for key in ("lost", "wrong_spec", "bad_payload_in_sample", "resurrected_cancels", "never_fired",
+                "fired_cancelled"):
+        assert res[key] == 0, (key, res["examples"])
+    assert res["restart_to_serving_s"] > 0 and res["replayed_records"] > 0

@@ -17,6 +17,7 @@ COMMAND_MODULES = {
     "jobs": "wheelsched.client.cli",
     "wal": "wheelsched.wal.cli",
     "demo": "wheelsched.demo",
+    "bench": "wheelsched.benchcli",
 }
 
 
