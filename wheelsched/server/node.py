@@ -31,8 +31,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from wheelsched.config import ConfigError
 from wheelsched.engine import Engine, EngineConfig, Limits, RecoveryStats, Waits
 from wheelsched.errors import InvalidArgument, Unavailable
+from wheelsched.server.auth import AuthInterceptor, load_tokens
+from wheelsched.server.metrics import LatenessHistogram, MetricsInterceptor, MetricsServer, RpcCounts
 from wheelsched.server.service import NodeService, SchedulerService, WorkerService
 from wheelsched.server.ticker import Ticker, wall_us
 from wheelsched.v1 import (
@@ -68,6 +71,12 @@ class NodeConfig:
     tick_us: int = 100
     drain_seconds: float = 5.0
     limits: Limits = field(default_factory=Limits)
+    # operations (issue #7): empty = off
+    metrics: str = ""  # HOST:PORT for Prometheus /metrics
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""  # require client certificates signed by this CA (mTLS)
+    tokens_file: str = ""  # bearer tokens and roles (wheelsched.server.auth)
 
 
 def _check_data_dir(config: NodeConfig) -> None:
@@ -121,6 +130,10 @@ class Node:
         self._ticker: Ticker | None = None
         self._stopped = asyncio.Event()
         self._logs_closed = False
+        self.rpc_counts = RpcCounts()
+        # fire lateness per dispatched batch; None when metrics are off
+        self.lateness: LatenessHistogram | None = LatenessHistogram() if config.metrics else None
+        self._metrics: MetricsServer | None = None
 
     def _open_log(self, shard_id: int) -> WriteAheadLog:
         path = Path(self.config.data_dir) / "shards" / f"{shard_id:04d}"
@@ -166,9 +179,40 @@ class Node:
 
     # -- life cycle ----------------------------------------------------------------
 
+    def _read_pem(self, name: str, path: str) -> bytes:
+        try:
+            return Path(path).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"{name}: cannot read {path}: {exc.strerror}") from None
+
+    def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
+        out: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(self.rpc_counts)]
+        if self.config.tokens_file:
+            out.append(AuthInterceptor(load_tokens(self.config.tokens_file)))
+        return out
+
+    def _server_credentials(self) -> grpc.ServerCredentials | None:
+        config = self.config
+        if not config.tls_cert:
+            return None
+        cert = self._read_pem("tls_cert", config.tls_cert)
+        key = self._read_pem("tls_key", config.tls_key)
+        ca = self._read_pem("tls_client_ca", config.tls_client_ca) if config.tls_client_ca else None
+        return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
+                                           require_client_auth=ca is not None)
+
     async def start(self) -> None:
         config = self.config
+        # Configuration errors first, before minutes of replay.
+        interceptors = self._interceptors()
+        credentials = self._server_credentials()
         _check_data_dir(config)
+        log.info("starting node %s: %d shards, data dir %s, fsync %s", self.node_id, config.shard_count,
+                 config.data_dir, config.fsync,
+                 extra={"event": "starting", "node_id": self.node_id, "shards": config.shard_count,
+                        "data_dir": str(config.data_dir), "fsync": config.fsync,
+                        "tls": bool(credentials), "mtls": bool(config.tls_client_ca),
+                        "auth": bool(config.tokens_file)})
         loop = asyncio.get_running_loop()
         stats, waits = await loop.run_in_executor(None, self.engine.recover)
         self.recovery = stats
@@ -179,12 +223,15 @@ class Node:
         gc.freeze()
         log.info("recovered %d jobs in %d shards from %d records + %d snapshot records in %.3f s; "
                  "released %d leases", stats.jobs, config.shard_count, stats.records,
-                 stats.snapshot_records, stats.seconds, stats.released_leases)
+                 stats.snapshot_records, stats.seconds, stats.released_leases,
+                 extra={"event": "recovered", "jobs": stats.jobs, "shards": config.shard_count,
+                        "records": stats.records, "snapshot_records": stats.snapshot_records,
+                        "seconds": round(stats.seconds, 6), "released_leases": stats.released_leases})
 
         options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                    ("grpc.so_reuseport", 0)]
-        server = grpc.aio.server(options=options)
+        server = grpc.aio.server(options=options, interceptors=interceptors)
         scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerService(self), server)
         worker_pb2_grpc.add_WorkerServicer_to_server(WorkerService(self), server)
         node_pb2_grpc.add_NodeServicer_to_server(NodeService(self), server)
@@ -195,7 +242,10 @@ class Node:
                  health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                  reflection.SERVICE_NAME]
         reflection.enable_server_reflection(names, server)
-        self.port = server.add_insecure_port(config.listen)
+        if credentials is None:
+            self.port = server.add_insecure_port(config.listen)
+        else:
+            self.port = server.add_secure_port(config.listen, credentials)
         if self.port == 0:
             raise OSError(f"cannot listen on {config.listen}")
         await server.start()
@@ -208,6 +258,14 @@ class Node:
         for name in [*names[:3], ""]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         host = config.listen.rsplit(":", 1)[0]
+        if config.metrics:
+            self._metrics = MetricsServer(self, self.rpc_counts, self.lateness)
+            mport = self._metrics.start(config.metrics)
+            mhost = config.metrics.rsplit(":", 1)[0]
+            log.info("metrics on %s:%d/metrics", mhost, mport,
+                     extra={"event": "metrics", "address": f"{mhost}:{mport}"})
+        log.info("serving on %s:%d", host, self.port,
+                 extra={"event": "serving", "address": f"{host}:{self.port}", "tls": bool(credentials)})
         print(f"listening on {host}:{self.port}", file=sys.stderr, flush=True)
 
     async def stop(self) -> None:
@@ -230,7 +288,10 @@ class Node:
         # Every op applied is in the log queue; close() writes and fsyncs it.
         self._logs_closed = True
         await asyncio.get_running_loop().run_in_executor(None, engine.close)
-        log.info("stopped")
+        if self._metrics is not None:
+            self._metrics.stop()
+        counters = dict(engine.counters)
+        log.info("stopped", extra={"event": "stopped", **{f"jobs_{k}": v for k, v in counters.items()}})
         self._stopped.set()
 
     async def wait_stopped(self) -> None:
@@ -245,7 +306,7 @@ async def serve(config: NodeConfig) -> int:
         loop.add_signal_handler(sig, stop_requested.set)
     await node.start()
     await stop_requested.wait()
-    log.info("shutdown requested")
+    log.info("shutdown requested", extra={"event": "shutdown_requested"})
     await node.stop()
     return 0
 
