@@ -70,6 +70,8 @@ _SUCCEEDED = int(JobState.SUCCEEDED)
 _DEAD = int(JobState.DEAD)
 _CANCELLED = int(JobState.CANCELLED)
 _CRON = int(ScheduleKind.CRON)
+# Where each status field sits in an UPDATE op ([UPDATE, job_id, *status]).
+_OP_INDEX = {name: 2 + i for i, name in enumerate(Job._fields[STATUS_START:])}
 
 Waits = dict  # log -> highest seq the caller must see durable before replying
 
@@ -411,8 +413,10 @@ class Engine:
         """Log and apply a change of ``job``'s status fields."""
         if job.state == _DISPATCHED:
             self._end_lease(shard.id, job.id)
-        new = replace(job, **status)
-        self._write(shard, [UPDATE, job.id, *new[STATUS_START:]])
+        op = [UPDATE, job.id, *job[STATUS_START:]]
+        for name, value in status.items():
+            op[_OP_INDEX[name]] = value
+        self._write(shard, op)
 
     # ------------------------------------------------------------------ reads
 

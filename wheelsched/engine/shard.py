@@ -158,14 +158,24 @@ class Shard:
             if not self.replaying:
                 self.wheel.cancel(num)
                 self.ready.discard(num)
-            self._count(old.state, -1)
+            # _count(old.state, -1), inlined: this runs for every state change
+            was = old.state
+            if was == _SCHEDULED:
+                self.active -= 1
+            elif was == _DISPATCHED:
+                self.active -= 1
+                self.in_flight -= 1
         self.jobs[new.id] = new
-        self._count(new.state, +1)
+        state = new.state
+        if state == _SCHEDULED:
+            self.active += 1
+        elif state == _DISPATCHED:
+            self.active += 1
+            self.in_flight += 1
         if self.replaying:
             return
-        state = new.state
-        if state in (_SCHEDULED, _DISPATCHED):
-            self.wheel.insert(num, self.tick_of(new.next_us))
+        if state == _SCHEDULED or state == _DISPATCHED:  # noqa: SIM109 - cheaper than a tuple test
+            self.wheel.insert(num, -(-new.next_us // self.tick_us))
         else:
             self.wheel.insert(num, self.tick_of(new.finished_us + self._retention_us(state)))
 
