@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -70,3 +71,38 @@ def open_channel(
     if credentials is None:
         return grpc.insecure_channel(target, options=opts)
     return grpc.secure_channel(target, credentials, options=opts)
+
+
+def _pem(value: str | bytes | Path | None) -> bytes | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bytes):
+        return value
+    return Path(value).read_bytes()
+
+
+def security(
+    credentials: grpc.ChannelCredentials | None = None,
+    metadata: Sequence[tuple[str, str]] = (),
+    *,
+    tls_ca: str | bytes | Path | None = None,
+    tls_cert: str | bytes | Path | None = None,
+    tls_key: str | bytes | Path | None = None,
+    token: str | None = None,
+) -> tuple[grpc.ChannelCredentials | None, tuple[tuple[str, str], ...]]:
+    """Channel credentials and call metadata from the SDK's TLS/token options.
+
+    ``tls_ca`` (a PEM file or its bytes) turns TLS on and is the CA that
+    signed the node's certificate; ``tls_cert``/``tls_key`` are this client's
+    certificate for a node that requires client certificates (mTLS);
+    ``token`` is sent as ``authorization: Bearer TOKEN`` on every call.
+    Explicit ``credentials`` win over the ``tls_*`` options."""
+    if bool(tls_cert) != bool(tls_key):
+        raise ValueError("tls_cert and tls_key go together")
+    if credentials is None and (tls_ca or tls_cert):
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=_pem(tls_ca), private_key=_pem(tls_key), certificate_chain=_pem(tls_cert))
+    md = tuple(metadata)
+    if token:
+        md = (*(kv for kv in md if kv[0] != "authorization"), ("authorization", f"Bearer {token}"))
+    return credentials, md

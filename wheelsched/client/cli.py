@@ -37,6 +37,15 @@ def register(subparsers: Any) -> None:
         help=f"node to talk to (default: $WHEELSCHED_TARGET or {DEFAULT_TARGET})",
     )
     common.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    common.add_argument("--tls-ca", default=os.environ.get("WHEELSCHED_TLS_CA") or None, metavar="PEM",
+                        help="CA of the node's certificate: connect with TLS (default: $WHEELSCHED_TLS_CA)")
+    common.add_argument("--tls-client-cert", default=os.environ.get("WHEELSCHED_CLIENT_CERT") or None,
+                        metavar="PEM", help="client certificate for mTLS ($WHEELSCHED_CLIENT_CERT)")
+    common.add_argument("--tls-client-key", default=os.environ.get("WHEELSCHED_CLIENT_KEY") or None,
+                        metavar="PEM", help="its private key ($WHEELSCHED_CLIENT_KEY)")
+    common.add_argument("--token", default=os.environ.get("WHEELSCHED_TOKEN") or None,
+                        help="bearer token (default: $WHEELSCHED_TOKEN; prefer the variable: "
+                             "flags show in ps)")
     common.add_argument(
         "--timeout", type=float, default=10.0, metavar="SECONDS", help="per-call deadline (10)"
     )
@@ -136,7 +145,8 @@ def read_payload(text: str) -> bytes:
 def _client(args: argparse.Namespace) -> Any:
     from wheelsched.client.client import Client  # grpc only for commands that need it
 
-    return Client(args.target, timeout=args.timeout)
+    return Client(args.target, timeout=args.timeout, tls_ca=args.tls_ca, tls_cert=args.tls_client_cert,
+                  tls_key=args.tls_client_key, token=args.token)
 
 
 def _cmd_schedule(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 
 from wheelsched import errors
-from wheelsched.client._channel import open_channel
+from wheelsched.client._channel import open_channel, security
 from wheelsched.client._convert import (
     DurationLike,
     Job,
@@ -58,7 +58,13 @@ class Client:
         credentials: grpc.ChannelCredentials | None = None,
         metadata: Sequence[tuple[str, str]] = (),
         channel_options: Sequence[tuple[str, Any]] = (),
+        tls_ca: str | bytes | None = None,
+        tls_cert: str | bytes | None = None,
+        tls_key: str | bytes | None = None,
+        token: str | None = None,
     ) -> None:
+        credentials, metadata = security(credentials, metadata, tls_ca=tls_ca, tls_cert=tls_cert,
+                                         tls_key=tls_key, token=token)
         self.target = target
         self.timeout = timeout
         self._metadata = tuple(metadata)

@@ -39,7 +39,7 @@ from typing import Any
 import grpc
 
 from wheelsched import errors
-from wheelsched.client._channel import open_channel
+from wheelsched.client._channel import open_channel, security
 from wheelsched.client._convert import Delivery, delivery_from_proto
 from wheelsched.status import from_rpc_error
 from wheelsched.v1 import worker_pb2, worker_pb2_grpc
@@ -107,6 +107,10 @@ class Worker:
         credentials: grpc.ChannelCredentials | None = None,
         metadata: Sequence[tuple[str, str]] = (),
         channel_options: Sequence[tuple[str, Any]] = (),
+        tls_ca: str | bytes | None = None,
+        tls_cert: str | bytes | None = None,
+        tls_key: str | bytes | None = None,
+        token: str | None = None,
         reconnect_initial: float = 0.1,
         reconnect_max: float = 5.0,
     ) -> None:
@@ -129,6 +133,8 @@ class Worker:
         self.concurrency = concurrency
         self.max_in_flight = max_in_flight
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{random.getrandbits(24):06x}"
+        credentials, metadata = security(credentials, metadata, tls_ca=tls_ca, tls_cert=tls_cert,
+                                         tls_key=tls_key, token=token)
         self._credentials = credentials
         self._metadata = tuple(metadata)
         self._channel_options = tuple(channel_options)
