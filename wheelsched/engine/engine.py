@@ -63,6 +63,7 @@ from wheelsched.errors import (
     ResourceExhausted,
     WheelschedError,
 )
+from wheelsched.wal import SNAPSHOT
 
 _SCHEDULED = int(JobState.SCHEDULED)
 _DISPATCHED = int(JobState.DISPATCHED)
@@ -238,13 +239,17 @@ class Engine:
             shard = Shard(shard_id, log, self._wheel_factory(tick), tick_us=self.config.tick_us,
                           retention_us=self._retention_of)
             shard.begin_replay()
-            for rec in log.replay():
-                if rec.kind == 2:  # SNAPSHOT
-                    shard.restore(rec.payload)
-                    stats.snapshot_records += 1
+            for kind, _first_seq, payloads in log.replay_batches():
+                if kind == SNAPSHOT:
+                    restore = shard.restore
+                    for payload in payloads:
+                        restore(payload)
+                    stats.snapshot_records += len(payloads)
                 else:
-                    shard.apply(rec.payload)
-                    stats.records += 1
+                    apply = shard.apply
+                    for payload in payloads:
+                        apply(payload)
+                    stats.records += len(payloads)
             shard.end_replay()
             log.open()
             self.shards.append(shard)

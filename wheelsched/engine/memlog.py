@@ -40,6 +40,13 @@ class MemoryLog:
         for i, raw in enumerate(self._ops, self._snapshot_seq + 1):
             yield Record(i, OP, msgpack.unpackb(raw))
 
+    def replay_batches(self, progress=None) -> Iterator[tuple[int, int, list]]:
+        """(kind, first_seq, payloads) chunks, as the write-ahead log yields them."""
+        if self._snapshot:
+            yield SNAPSHOT, self._snapshot_seq, [msgpack.unpackb(r) for r in self._snapshot]
+        if self._ops:
+            yield OP, self._snapshot_seq + 1, [msgpack.unpackb(r) for r in self._ops]
+
     def open(self) -> None:
         pass
 
