@@ -186,7 +186,9 @@ class Node:
             raise ConfigError(f"{name}: cannot read {path}: {exc.strerror}") from None
 
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
-        out: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(self.rpc_counts)]
+        out: list[grpc.aio.ServerInterceptor] = []
+        if self.config.metrics:  # outermost: it also counts calls the auth check refuses
+            out.append(MetricsInterceptor(self.rpc_counts))
         if self.config.tokens_file:
             out.append(AuthInterceptor(load_tokens(self.config.tokens_file)))
         return out
