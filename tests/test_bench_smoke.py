@@ -71,3 +71,10 @@ def test_crash_replay_bench_smoke(tmp_path: Path) -> None:
                 "fired_cancelled"):
         assert res[key] == 0, (key, res["examples"])
     assert res["restart_to_serving_s"] > 0 and res["replayed_records"] > 0
+
+
+def test_engine_cycle_bench_smoke(tmp_path: Path) -> None:
+    data = run_bench("engine_cycle", tmp_path)
+    for kind in ("memory", "wal"):
+        r = data["results"][kind]
+        assert r["fire_dispatch_us"] > 0 and r["ack_us"] > 0 and r["sustainable_per_s"] > 0
