@@ -158,6 +158,10 @@ SETTINGS: tuple[Setting, ...] = (
             "PEM"),
     Setting("tokens_file", "", _path, "bearer tokens, one 'TOKEN ROLE' a line (admin | read-only)",
             "FILE"),
+    Setting("slow_fsync_ms", 100.0, _float(0, 3_600_000),
+            "count and log WAL fsyncs slower than this (ms)", "MS"),
+    Setting("event_log_seconds", 10.0, _float(0.01, 86_400),
+            "interval of the aggregated event log lines (slow fsyncs, snapshots, dead jobs)", "S"),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 

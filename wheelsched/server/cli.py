@@ -56,6 +56,7 @@ def _serve(args: argparse.Namespace) -> int:
                       max_pending_per_shard=values["max_pending_per_shard"]),
         metrics=values["metrics"], tls_cert=values["tls_cert"], tls_key=values["tls_key"],
         tls_client_ca=values["tls_client_ca"], tokens_file=values["tokens_file"],
+        slow_fsync_ms=values["slow_fsync_ms"], event_log_seconds=values["event_log_seconds"],
     )
     try:
         return run(config)

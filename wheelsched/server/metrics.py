@@ -242,6 +242,8 @@ class NodeCollector:
             fams["wheelsched_shard_owned"].add_metric(label, 1)
         yield from fams.values()
 
+        yield from wal_families(shards)
+
         rec = node.recovery
         g = GaugeMetricFamily("wheelsched_replay_records", "log records replayed at start (incl. snapshot)")
         g.add_metric([], rec.records + rec.snapshot_records)
@@ -268,6 +270,55 @@ class NodeCollector:
             c.add_metric([method, code], n)
         yield c
         yield self.lateness.families()
+
+
+def _buckets(bounds: Iterable[float], counts: list[int]) -> list[tuple[str, float]]:
+    """Per-bucket counts (last = +Inf) -> cumulative prometheus buckets."""
+    out, cumulative = [], 0
+    for bound, n in zip(bounds, counts, strict=False):
+        cumulative += n
+        out.append((repr(float(bound)), cumulative))
+    out.append(("+Inf", cumulative + counts[-1]))
+    return out
+
+
+def wal_families(shards: list) -> Iterable[Any]:
+    """Per-shard ``WriteAheadLog.stats()`` as metrics."""
+    from wheelsched.wal.log import BATCH_BUCKETS, FSYNC_BUCKETS
+
+    stats = [(str(shard.id), shard.log.stats()) for shard in shards if hasattr(shard.log, "stats")]
+    fsync = HistogramMetricFamily("wheelsched_wal_fsync_seconds",
+                                  "duration of the writer's group-commit fsyncs", labels=["shard"])
+    batch = HistogramMetricFamily("wheelsched_wal_batch_records",
+                                  "records per group-commit batch (one write, at most one fsync)",
+                                  labels=["shard"])
+    counters = {
+        "wheelsched_wal_records_written": ("records written to the log", "records_written"),
+        "wheelsched_wal_bytes_written": ("bytes of framed records written to the log", "bytes_written"),
+        "wheelsched_wal_slow_fsyncs": ("fsyncs slower than the slow-fsync threshold", "slow_fsyncs"),
+        "wheelsched_wal_snapshots": ("snapshots completed", "snapshots"),
+        "wheelsched_wal_snapshot_seconds": ("time spent writing snapshots", "snapshot_seconds"),
+        "wheelsched_wal_snapshot_records": ("items written to snapshots", "snapshot_records"),
+    }
+    gauges = {
+        "wheelsched_wal_fsync_max_seconds": ("the slowest fsync since start", "fsync_max_seconds"),
+        "wheelsched_wal_batch_max_records": ("the largest group-commit batch since start", "batch_max"),
+        "wheelsched_wal_last_snapshot_seconds": ("duration of the last snapshot", "last_snapshot_seconds"),
+        "wheelsched_wal_last_snapshot_records": ("items in the last snapshot", "last_snapshot_records"),
+    }
+    cfams = {name: CounterMetricFamily(name, text, labels=["shard"]) for name, (text, _) in counters.items()}
+    gfams = {name: GaugeMetricFamily(name, text, labels=["shard"]) for name, (text, _) in gauges.items()}
+    for label, st in stats:
+        fsync.add_metric([label], _buckets(FSYNC_BUCKETS, st["fsync_buckets"]), st["fsync_seconds"])
+        batch.add_metric([label], _buckets(BATCH_BUCKETS, st["batch_buckets"]), st["records_written"])
+        for name, (_, key) in counters.items():
+            cfams[name].add_metric([label], st[key])
+        for name, (_, key) in gauges.items():
+            gfams[name].add_metric([label], st[key])
+    yield fsync
+    yield batch
+    yield from cfams.values()
+    yield from gfams.values()
 
 
 class MetricsServer:

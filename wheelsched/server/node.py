@@ -77,6 +77,8 @@ class NodeConfig:
     tls_key: str = ""
     tls_client_ca: str = ""  # require client certificates signed by this CA (mTLS)
     tokens_file: str = ""  # bearer tokens and roles (wheelsched.server.auth)
+    slow_fsync_ms: float = 100.0  # fsyncs slower than this are counted and logged
+    event_log_seconds: float = 10.0  # interval of the aggregated event lines (slow fsync, ...)
 
 
 def _check_data_dir(config: NodeConfig) -> None:
@@ -121,7 +123,8 @@ class Node:
         self._wal_options = WALOptions(
             segment_bytes=config.segment_bytes, fsync=config.fsync,
             snapshot_every_records=config.snapshot_every_records,
-            snapshot_every_bytes=config.snapshot_every_bytes)
+            snapshot_every_bytes=config.snapshot_every_bytes,
+            slow_fsync_seconds=config.slow_fsync_ms / 1000.0)
         self.engine = Engine(
             EngineConfig(shard_count=config.shard_count, tick_us=config.tick_us, limits=config.limits),
             clock=wall_us, open_log=self._open_log, wheel_factory=TimingWheel)
@@ -134,6 +137,10 @@ class Node:
         # fire lateness per dispatched batch; None when metrics are off
         self.lateness: LatenessHistogram | None = LatenessHistogram() if config.metrics else None
         self._metrics: MetricsServer | None = None
+        self._events: asyncio.Task | None = None
+        # what the event logger reported last, per shard: slow fsyncs, snapshots
+        self._seen_slow: dict[int, int] = {}
+        self._seen_snapshots: dict[int, int] = {}
 
     def _open_log(self, shard_id: int) -> WriteAheadLog:
         path = Path(self.config.data_dir) / "shards" / f"{shard_id:04d}"
@@ -176,6 +183,48 @@ class Node:
             log.exception("tick failed")
         finally:
             self._ticker.set_target(engine.next_wakeup_us())
+
+    # -- aggregated events ---------------------------------------------------------
+
+    def log_events(self) -> None:
+        """One line per kind of event that happened since the last call
+        (slow fsyncs, snapshots): called every ``event_log_seconds`` on
+        the loop, never per record or per job."""
+        threshold_ms = self.config.slow_fsync_ms
+        slow_total, slow_max = 0, 0.0
+        for shard in self.engine.shards:
+            wal = shard.log
+            st = wal.stats()
+            seen = self._seen_slow.get(shard.id, 0)
+            if st["slow_fsyncs"] > seen:
+                slow_total += st["slow_fsyncs"] - seen
+                self._seen_slow[shard.id] = st["slow_fsyncs"]
+                recent = [sec for n, sec in list(wal.slow_fsyncs) if n > seen]
+                if recent:
+                    slow_max = max(slow_max, *recent)
+            seen = self._seen_snapshots.get(shard.id, 0)
+            if st["snapshots"] > seen:
+                self._seen_snapshots[shard.id] = st["snapshots"]
+                n = st["snapshots"] - seen
+                more = f" ({n} snapshots since the last report)" if n > 1 else ""
+                log.info("snapshot of shard %d: %d records in %.3f s%s", shard.id,
+                         st["last_snapshot_records"], st["last_snapshot_seconds"], more,
+                         extra={"event": "snapshot", "shard": shard.id,
+                                "records": st["last_snapshot_records"],
+                                "seconds": round(st["last_snapshot_seconds"], 6), "snapshots": n})
+        if slow_total:
+            log.warning("fsync slower than %g ms: %d times, max %.1f ms", threshold_ms, slow_total,
+                        slow_max * 1000,
+                        extra={"event": "slow_fsync", "count": slow_total,
+                               "max_seconds": round(slow_max, 6), "threshold_ms": threshold_ms})
+
+    async def _event_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.event_log_seconds)
+            try:
+                self.log_events()
+            except Exception:  # a bug; never stop the node for a log line
+                log.exception("event logging failed")
 
     # -- life cycle ----------------------------------------------------------------
 
@@ -256,6 +305,7 @@ class Node:
         self._ticker = Ticker(loop, self._on_tick)
         self._ticker.start()
         self.serving = True
+        self._events = asyncio.create_task(self._event_loop())
         self._ticker.set_target(self.engine.next_wakeup_us())
         for name in [*names[:3], ""]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -287,6 +337,11 @@ class Node:
             await self._server.stop(grace=self.config.drain_seconds)
         if self._ticker is not None:
             self._ticker.stop()
+        if self._events is not None:
+            self._events.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._events
+            self.log_events()  # what happened since the last report
         # Every op applied is in the log queue; close() writes and fsyncs it.
         self._logs_closed = True
         await asyncio.get_running_loop().run_in_executor(None, engine.close)

@@ -20,6 +20,8 @@ append with ``LogFailedError``; the way back is to reopen and replay.
 from __future__ import annotations
 
 import asyncio
+import bisect
+import collections
 import contextlib
 import fcntl
 import heapq
@@ -64,6 +66,12 @@ log = logging.getLogger("wheelsched.wal")
 _OP_BITS = T_OP << SEQ_BITS
 _SNAPSHOT_CHUNK = 1 << 20  # bytes of framed snapshot records per write()
 
+# Statistics buckets (upper bounds): fsync latency in seconds, group-commit
+# batch size in records. The last slot of each count list is the +Inf bucket.
+FSYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+
 
 @dataclass(frozen=True)
 class WALOptions:
@@ -71,11 +79,15 @@ class WALOptions:
     fsync: str = "always"  # "always" | "interval:<ms>" | "never"
     snapshot_every_records: int = 1_000_000
     snapshot_every_bytes: int = 256 << 20
+    # an fsync taking longer than this is counted as slow (stats())
+    slow_fsync_seconds: float = 0.1
 
     def __post_init__(self) -> None:
         self.policy()  # validate early
         if self.segment_bytes < 4096:
             raise ValueError("segment_bytes must be at least 4096")
+        if self.slow_fsync_seconds < 0:
+            raise ValueError("slow_fsync_seconds must not be negative")
 
     def policy(self) -> tuple[str, float]:
         """("always" | "interval" | "never", interval in seconds)."""
@@ -161,6 +173,27 @@ class WriteAheadLog:
         self._snap_thread: threading.Thread | None = None
         self._snap_error: BaseException | None = None
         self._covered = 0
+
+        # statistics (stats()): written by the writer thread once per batch
+        # or fsync, and by the (single) snapshot thread; read racily
+        self._st_batches = 0
+        self._st_records = 0
+        self._st_bytes = 0
+        self._st_batch_max = 0
+        self._st_batch_counts = [0] * (len(BATCH_BUCKETS) + 1)
+        self._st_fsyncs = 0
+        self._st_fsync_sum = 0.0
+        self._st_fsync_max = 0.0
+        self._st_fsync_counts = [0] * (len(FSYNC_BUCKETS) + 1)
+        self._st_slow = 0
+        # (n, seconds) of the latest slow fsyncs, n counting from 1; appended
+        # by the writer only (deque.append is atomic), read by the node's
+        # event logger to report the slowest of an interval
+        self.slow_fsyncs: collections.deque[tuple[int, float]] = collections.deque(maxlen=64)
+        self._st_snapshots = 0
+        self._st_snap_seconds = 0.0
+        self._st_snap_records = 0
+        self._st_snap_last: tuple[int, float] = (0, 0.0)  # records, seconds
 
     # ------------------------------------------------------------------ properties
     @property
@@ -438,8 +471,15 @@ class WriteAheadLog:
                     sync_req = self._sync_requests
                     self._sync_requests = 0
                 if batch:
-                    self._write_batch(batch, first)
-                    self._written_seq = first + len(batch) - 1
+                    size = self._write_batch(batch, first)
+                    n = len(batch)
+                    self._written_seq = first + n - 1
+                    self._st_batches += 1
+                    self._st_records += n
+                    self._st_bytes += size
+                    self._st_batch_counts[bisect.bisect_left(BATCH_BUCKETS, n)] += 1
+                    if n > self._st_batch_max:
+                        self._st_batch_max = n
                 synced = self._synced_seq
                 dirty = self._written_seq > synced
                 if dirty and (
@@ -465,21 +505,32 @@ class WriteAheadLog:
 
     def _fsync(self) -> None:
         self._hit("fsync")
+        t = time.perf_counter()
         os.fdatasync(self._fd)
+        took = time.perf_counter() - t
+        self._st_fsyncs += 1
+        self._st_fsync_sum += took
+        self._st_fsync_counts[bisect.bisect_left(FSYNC_BUCKETS, took)] += 1
+        if took > self._st_fsync_max:
+            self._st_fsync_max = took
+        if took > self.options.slow_fsync_seconds:
+            self._st_slow += 1
+            self.slow_fsyncs.append((self._st_slow, took))
 
     def _write_all(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(self._fd, view) :]
 
-    def _write_batch(self, batch: list[bytes], first: int) -> None:
+    def _write_batch(self, batch: list[bytes], first: int) -> int:
+        """Write the batch; returns its size in bytes."""
         limit = self.options.segment_bytes
         total = sum(map(len, batch))
         if self._seg_size + total <= limit:
             self._write_all(b"".join(batch) if len(batch) > 1 else batch[0])
             self._seg_size += total
             self._hit("write.after_write")
-            return
+            return total
         # slow path: split at segment boundaries; a record never spans two
         # segments, and a record larger than a segment gets one of its own
         i, n = 0, len(batch)
@@ -498,6 +549,7 @@ class WriteAheadLog:
             self._seg_size += size
             i = j
         self._hit("write.after_write")
+        return total
 
     def _roll(self, next_seq: int) -> None:
         # the finished segment must be complete on disk before a later one
@@ -603,6 +655,8 @@ class WriteAheadLog:
     def _snapshot_main(self, records: Iterable[Any], covered: int) -> None:
         path = self.directory / snapshot_name(covered)
         tmp = path.with_name(path.name + TMP_SUFFIX)
+        started = time.perf_counter()
+        count = 0
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
@@ -657,6 +711,11 @@ class WriteAheadLog:
             ]
             repair.remove_files(self.directory, old)
             self._hit("snapshot.after_delete_snapshots")
+            took = time.perf_counter() - started
+            self._st_snap_last = (count, took)
+            self._st_snap_records += count
+            self._st_snap_seconds += took
+            self._st_snapshots += 1
         except BaseException as exc:  # reported through wait_snapshot
             self._snap_error = exc
             log.error("wal: snapshot covering seq %d failed: %s", covered, exc)
@@ -665,6 +724,33 @@ class WriteAheadLog:
         finally:
             with self._qlock:
                 self._snap_running = False
+
+    # ------------------------------------------------------------------ statistics
+    def stats(self) -> dict[str, Any]:
+        """Counters since open (a racy but consistent-enough sample: each
+        value is written by one thread, the writer or the snapshot thread).
+
+        Bucket lists hold per-bucket (not cumulative) counts for the upper
+        bounds ``FSYNC_BUCKETS`` / ``BATCH_BUCKETS`` plus a last +Inf slot."""
+        last_records, last_seconds = self._st_snap_last
+        return {
+            "batches": self._st_batches,
+            "records_written": self._st_records,
+            "bytes_written": self._st_bytes,
+            "batch_max": self._st_batch_max,
+            "batch_buckets": list(self._st_batch_counts),
+            "fsyncs": self._st_fsyncs,
+            "fsync_seconds": self._st_fsync_sum,
+            "fsync_max_seconds": self._st_fsync_max,
+            "fsync_buckets": list(self._st_fsync_counts),
+            "slow_fsyncs": self._st_slow,
+            "slow_fsync_threshold_seconds": self.options.slow_fsync_seconds,
+            "snapshots": self._st_snapshots,
+            "snapshot_seconds": self._st_snap_seconds,
+            "snapshot_records": self._st_snap_records,
+            "last_snapshot_records": last_records,
+            "last_snapshot_seconds": last_seconds,
+        }
 
     # ------------------------------------------------------------------ closing
     def close(self) -> None:
