@@ -76,6 +76,16 @@ _OP_INDEX = {name: 2 + i for i, name in enumerate(Job._fields[STATUS_START:])}
 
 Waits = dict  # log -> highest seq the caller must see durable before replying
 
+# Per-queue job counters (Engine.queue_counters: queue -> one int per name,
+# in this order). Queue names are chosen by clients: past MAX_QUEUE_SERIES
+# queues, the rest are counted under OTHER_QUEUE.
+QUEUE_COUNTERS = ("scheduled", "fired", "dispatched", "succeeded", "failed", "retried", "dead",
+                  "cancelled")
+(_Q_SCHEDULED, _Q_FIRED, _Q_DISPATCHED, _Q_SUCCEEDED, _Q_FAILED, _Q_RETRIED, _Q_DEAD,
+ _Q_CANCELLED) = range(len(QUEUE_COUNTERS))
+MAX_QUEUE_SERIES = 200
+OTHER_QUEUE = "_other"
+
 
 @dataclass(frozen=True)
 class EngineConfig:
@@ -208,6 +218,20 @@ class Engine:
         self.counters: dict[str, int] = dict.fromkeys(
             ("scheduled", "fired", "dispatched", "succeeded", "failed", "retried", "dead",
              "cancelled", "lease_expired", "misfired", "requeued", "purged"), 0)
+        # queue -> counts in QUEUE_COUNTERS order (one dict lookup + add per job)
+        self.queue_counters: dict[str, list[int]] = {}
+
+    def _qrow(self, queue: str) -> list[int]:
+        """The per-queue counter row (created on first use; capped)."""
+        rows = self.queue_counters
+        row = rows.get(queue)
+        if row is None:
+            if len(rows) >= MAX_QUEUE_SERIES:
+                row = rows.get(OTHER_QUEUE)
+                queue = OTHER_QUEUE
+            if row is None:
+                row = rows[queue] = [0] * len(QUEUE_COUNTERS)
+        return row
 
     # ------------------------------------------------------------------ start
 
@@ -365,8 +389,10 @@ class Engine:
             picked.append((shard, job.id))
         # Everything is valid: write, one log call per shard.
         by_shard: dict[Shard, list[list]] = {}
+        rows = self.queue_counters
         for shard, job in new.values():
             by_shard.setdefault(shard, []).append([SCHEDULE, job])
+            (rows.get(job.queue) or self._qrow(job.queue))[_Q_SCHEDULED] += 1
         for shard, ops in by_shard.items():
             seq = shard.log.append_many(ops)
             for op in ops:
@@ -393,6 +419,7 @@ class Engine:
         self._update(shard, job, state=_CANCELLED, next_us=0, finished_us=now)
         self._flush(waits)
         self.counters["cancelled"] += 1
+        self._qrow(job.queue)[_Q_CANCELLED] += 1
         return shard.jobs[job_id], waits
 
     def requeue(self, job_id: str) -> tuple[Job, Waits]:
@@ -562,6 +589,7 @@ class Engine:
 
     def _succeed(self, shard: Shard, job: Job, now: int) -> None:
         self.counters["succeeded"] += 1
+        (self.queue_counters.get(job.queue) or self._qrow(job.queue))[_Q_SUCCEEDED] += 1
         if job.kind == _CRON:
             self._next_execution(shard, job, now, executions=job.executions + 1,
                                  last_error="")
@@ -571,18 +599,23 @@ class Engine:
 
     def _fail(self, shard: Shard, job: Job, now: int, error: str, retryable: bool) -> None:
         self.counters["failed"] += 1
+        row = self.queue_counters.get(job.queue) or self._qrow(job.queue)
+        row[_Q_FAILED] += 1
         if retryable and job.attempt < job.max_attempts:
             self.counters["retried"] += 1
+            row[_Q_RETRIED] += 1
             delay = backoff_us(job, job.attempt, self.rand())
             self._update(shard, job, state=_SCHEDULED, next_us=now + delay,
                          last_error=error)
         elif job.kind == _CRON:
             # This execution is dead; the schedule goes on.
             self.counters["dead"] += 1
+            row[_Q_DEAD] += 1
             self._next_execution(shard, job, now, last_error=error,
                                  dead_executions=job.dead_executions + 1)
         else:
             self.counters["dead"] += 1
+            row[_Q_DEAD] += 1
             self._update(shard, job, state=_DEAD, next_us=0, finished_us=now,
                          last_error=error)
 
@@ -612,6 +645,7 @@ class Engine:
         now_tick = now // self.config.tick_us
         fired_total = 0
         ready = self._ready
+        rows = self.queue_counters
         for shard in self.shards:
             wheel = shard.wheel
             nxt = wheel.next_expiry()
@@ -637,6 +671,7 @@ class Engine:
                     heapq.heappush(heap, (-job.priority, job.next_us, self._ready_seq, shard.id, num))
                     shard_ready.add(num)
                     fired_total += 1
+                    (rows.get(job.queue) or self._qrow(job.queue))[_Q_FIRED] += 1
                 elif state == _DISPATCHED:
                     self.counters["lease_expired"] += 1
                     self._fail(shard, job, now, "lease expired", True)
@@ -678,6 +713,7 @@ class Engine:
                 continue
             heap = self._ready[queue]
             turn = self._rr.get(queue, 0)
+            sent = 0
             while heap and subs:
                 _, due, _, shard_id, num = heapq.heappop(heap)
                 shard = shards[shard_id]
@@ -699,6 +735,9 @@ class Engine:
                 if lst is None:
                     lst = per_sub[sub] = []
                 lst.append((shard, job.id, due))
+                sent += 1
+            if sent:
+                self._qrow(queue)[_Q_DISPATCHED] += sent
             self._rr[queue] = turn
             if not heap:
                 del self._ready[queue]

@@ -31,6 +31,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import start_http_server
 from prometheus_client.process_collector import ProcessCollector
 
+from wheelsched.engine.engine import QUEUE_COUNTERS
+
 if TYPE_CHECKING:
     from wheelsched.server.node import Node
 
@@ -216,6 +218,14 @@ class NodeCollector:
         for name, text in JOB_COUNTERS.items():
             c = CounterMetricFamily(f"wheelsched_jobs_{name}", text + " (node-wide)")
             c.add_metric([], counters.get(name, 0))
+            yield c
+
+        rows = [(queue, list(row)) for queue, row in list(engine.queue_counters.items())]
+        for i, name in enumerate(QUEUE_COUNTERS):
+            c = CounterMetricFamily(f"wheelsched_queue_jobs_{name}", JOB_COUNTERS[name] + " (per queue)",
+                                    labels=["queue"])
+            for queue, row in rows:
+                c.add_metric([queue], row[i])
             yield c
 
         shards = list(engine.shards)
