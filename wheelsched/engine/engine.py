@@ -85,6 +85,7 @@ QUEUE_COUNTERS = ("scheduled", "fired", "dispatched", "succeeded", "failed", "re
  _Q_CANCELLED) = range(len(QUEUE_COUNTERS))
 MAX_QUEUE_SERIES = 200
 OTHER_QUEUE = "_other"
+DEAD_EXAMPLES = 3  # job ids kept per take_dead() report
 
 
 @dataclass(frozen=True)
@@ -220,6 +221,9 @@ class Engine:
              "cancelled", "lease_expired", "misfired", "requeued", "purged"), 0)
         # queue -> counts in QUEUE_COUNTERS order (one dict lookup + add per job)
         self.queue_counters: dict[str, list[int]] = {}
+        # jobs (or cron executions) that went DEAD since take_dead(), and a few of their ids
+        self.dead_recent = 0
+        self.dead_examples: list[str] = []
 
     def _qrow(self, queue: str) -> list[int]:
         """The per-queue counter row (created on first use; capped)."""
@@ -611,13 +615,27 @@ class Engine:
             # This execution is dead; the schedule goes on.
             self.counters["dead"] += 1
             row[_Q_DEAD] += 1
+            self._note_dead(job.id)
             self._next_execution(shard, job, now, last_error=error,
                                  dead_executions=job.dead_executions + 1)
         else:
             self.counters["dead"] += 1
             row[_Q_DEAD] += 1
+            self._note_dead(job.id)
             self._update(shard, job, state=_DEAD, next_us=0, finished_us=now,
                          last_error=error)
+
+    def _note_dead(self, job_id: str) -> None:
+        self.dead_recent += 1
+        if len(self.dead_examples) < DEAD_EXAMPLES:
+            self.dead_examples.append(job_id)
+
+    def take_dead(self) -> tuple[int, list[str]]:
+        """How many jobs went DEAD since the last call, and up to
+        ``DEAD_EXAMPLES`` of their ids (for one aggregated log line)."""
+        n, examples = self.dead_recent, self.dead_examples
+        self.dead_recent, self.dead_examples = 0, []
+        return n, examples
 
     def _next_execution(self, shard: Shard, job: Job, now: int, **status: Any) -> None:
         """Arm the cron job for its next occurrence. If that is already past

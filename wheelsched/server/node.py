@@ -188,7 +188,7 @@ class Node:
 
     def log_events(self) -> None:
         """One line per kind of event that happened since the last call
-        (slow fsyncs, snapshots): called every ``event_log_seconds`` on
+        (slow fsyncs, snapshots, dead jobs): called every ``event_log_seconds`` on
         the loop, never per record or per job."""
         threshold_ms = self.config.slow_fsync_ms
         slow_total, slow_max = 0, 0.0
@@ -212,6 +212,12 @@ class Node:
                          extra={"event": "snapshot", "shard": shard.id,
                                 "records": st["last_snapshot_records"],
                                 "seconds": round(st["last_snapshot_seconds"], 6), "snapshots": n})
+        dead, examples = self.engine.take_dead()
+        if dead:
+            log.warning("%d jobs dead in the last %g s, e.g. %s", dead, self.config.event_log_seconds,
+                        ", ".join(examples),
+                        extra={"event": "jobs_dead", "count": dead, "examples": examples,
+                               "seconds": self.config.event_log_seconds})
         if slow_total:
             log.warning("fsync slower than %g ms: %d times, max %.1f ms", threshold_ms, slow_total,
                         slow_max * 1000,
