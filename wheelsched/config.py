@@ -162,6 +162,10 @@ SETTINGS: tuple[Setting, ...] = (
             "count and log WAL fsyncs slower than this (ms)", "MS"),
     Setting("event_log_seconds", 10.0, _float(0.01, 86_400),
             "interval of the aggregated event log lines (slow fsyncs, snapshots, dead jobs)", "S"),
+    Setting("rate_limit_jobs_per_s", 0.0, _float(0, 1_000_000_000),
+            "per-client rate of jobs written by Schedule/BatchSchedule/Cancel/Requeue (0 = off)", "N"),
+    Setting("rate_limit_burst", 0, _int(0, 1 << 31),
+            "per-client burst of the rate limit (0 = one second's worth)", "N"),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 

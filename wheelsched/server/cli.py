@@ -57,6 +57,8 @@ def _serve(args: argparse.Namespace) -> int:
         metrics=values["metrics"], tls_cert=values["tls_cert"], tls_key=values["tls_key"],
         tls_client_ca=values["tls_client_ca"], tokens_file=values["tokens_file"],
         slow_fsync_ms=values["slow_fsync_ms"], event_log_seconds=values["event_log_seconds"],
+        rate_limit_jobs_per_s=values["rate_limit_jobs_per_s"],
+        rate_limit_burst=values["rate_limit_burst"],
     )
     try:
         return run(config)

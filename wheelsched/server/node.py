@@ -36,6 +36,7 @@ from wheelsched.engine import Engine, EngineConfig, Limits, RecoveryStats, Waits
 from wheelsched.errors import InvalidArgument, Unavailable
 from wheelsched.server.auth import AuthInterceptor, load_tokens
 from wheelsched.server.metrics import LatenessHistogram, MetricsInterceptor, MetricsServer, RpcCounts
+from wheelsched.server.ratelimit import RateLimiter, RateLimitInterceptor
 from wheelsched.server.service import NodeService, SchedulerService, WorkerService
 from wheelsched.server.ticker import Ticker, wall_us
 from wheelsched.v1 import (
@@ -79,6 +80,8 @@ class NodeConfig:
     tokens_file: str = ""  # bearer tokens and roles (wheelsched.server.auth)
     slow_fsync_ms: float = 100.0  # fsyncs slower than this are counted and logged
     event_log_seconds: float = 10.0  # interval of the aggregated event lines (slow fsync, ...)
+    rate_limit_jobs_per_s: float = 0.0  # per client, write RPCs; 0 = off
+    rate_limit_burst: int = 0  # bucket size; 0 = one second's worth
 
 
 def _check_data_dir(config: NodeConfig) -> None:
@@ -246,6 +249,9 @@ class Node:
             out.append(MetricsInterceptor(self.rpc_counts))
         if self.config.tokens_file:
             out.append(AuthInterceptor(load_tokens(self.config.tokens_file)))
+        if self.config.rate_limit_jobs_per_s > 0:  # innermost: refused-by-auth calls take no tokens
+            limiter = RateLimiter(self.config.rate_limit_jobs_per_s, self.config.rate_limit_burst)
+            out.append(RateLimitInterceptor(limiter, by_token=bool(self.config.tokens_file)))
         return out
 
     def _server_credentials(self) -> grpc.ServerCredentials | None:
