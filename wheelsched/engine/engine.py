@@ -770,17 +770,6 @@ class Engine:
 
     # ------------------------------------------------------------------ status
 
-    def pending_count(self) -> int:
-        return sum(s.active for s in self.shards)
-
-    def ready_count(self) -> int:
-        return sum(len(s.ready) for s in self.shards)
-
-    def snapshot_all(self) -> None:
-        """Start a snapshot of every shard (graceful shutdown, tests)."""
-        for shard in self.shards:
-            shard.log.snapshot(shard.snapshot_records())
-
     def close(self) -> None:
         for shard in self.shards:
             shard.log.close()
