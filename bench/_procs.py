@@ -7,13 +7,11 @@ server fails to start.
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from wheelsched.server.process import spawn_listening
+from wheelsched.server.process import kill_process, read_log, spawn_listening, terminate_process
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -26,27 +24,17 @@ class ServerProcess:
         self.target = f"127.0.0.1:{self.port}"
 
     def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return read_log(self.log_path)
 
     def log_tail(self, lines: int = 30) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM, then SIGKILL if it does not exit in time."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        terminate_process(self.proc, timeout)
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(30)
+        kill_process(self.proc)
 
     def __enter__(self) -> ServerProcess:
         return self

@@ -28,11 +28,35 @@ _LISTENING = re.compile(r"listening on (\S+):(\d+)")
 START_TIMEOUT = 60.0
 
 
-def _tail(path: Path, lines: int = 40) -> str:
+def read_log(path: Path | None) -> str:
+    """A server's log so far ("" before it exists)."""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return path.read_text(errors="replace") if path is not None else ""
     except FileNotFoundError:
         return ""
+
+
+def _tail(path: Path | None, lines: int = 40) -> str:
+    return "\n".join(read_log(path).splitlines()[-lines:])
+
+
+def kill_process(proc: subprocess.Popen | None) -> None:
+    """SIGKILL (a crash) and reap."""
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        proc.wait(30)
+
+
+def terminate_process(proc: subprocess.Popen, timeout: float) -> int:
+    """SIGTERM (graceful shutdown), SIGKILL if it does not exit in time;
+    returns the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            kill_process(proc)
+    return proc.returncode
 
 
 def spawn_listening(argv: list[str], log_path: Path, timeout: float = START_TIMEOUT,
@@ -97,29 +121,19 @@ class NodeProcess:
         return self
 
     def log_text(self) -> str:
-        if self.log_path is None or not self.log_path.exists():
-            return ""
-        return self.log_path.read_text(errors="replace")
+        return read_log(self.log_path)
 
     def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
+        return _tail(self.log_path, lines)
 
     def kill(self) -> None:
         """SIGKILL (a crash) and reap."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(30)
+        kill_process(self.proc)
 
     def terminate(self, timeout: float = 30.0) -> int:
         """SIGTERM (graceful shutdown); returns the exit code."""
         assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        return self.proc.returncode
+        return terminate_process(self.proc, timeout)
 
     def restart(self, graceful: bool = False) -> NodeProcess:
         """Stop the node (SIGKILL unless ``graceful``) and start it again on
