@@ -546,46 +546,55 @@ class Engine:
                 f"{JobState(job.state).name}, attempt {job.attempt})")
         return shard, job
 
-    def ack(self, items: Sequence[AckItem]) -> tuple[list[ItemResult], Waits]:
-        """Apply acks; each item succeeds or fails on its own (no change on failure)."""
-        now = self.clock()
-        waits: Waits = {}
+    def _each_lease(self, items: Sequence[AckItem] | Sequence[Extension],
+                    act: Callable[[Shard, Job, Any], int]) -> list[ItemResult]:
+        """For each item, find the lease it quotes and ``act`` on it; a
+        WheelschedError (stale epoch, not leased, bad value) fails only that
+        item and changes nothing. ``act`` returns a new lease deadline or 0."""
         results = []
         for item in items:
             try:
                 shard, job = self._leased(item.job_id, item.attempt, item.epoch)
+                deadline = act(shard, job, item)
             except WheelschedError as exc:
                 results.append(ItemResult(item.job_id, item.attempt, exc))
                 continue
+            results.append(ItemResult(item.job_id, item.attempt, None, deadline))
+        return results
+
+    def ack(self, items: Sequence[AckItem]) -> tuple[list[ItemResult], Waits]:
+        """Apply acks; each item succeeds or fails on its own (no change on failure)."""
+        now = self.clock()
+
+        def settle(shard: Shard, job: Job, item: AckItem) -> int:
             if item.success:
                 self._succeed(shard, job, now)
             else:
-                error = (item.error or "failed")[:1024]
-                self._fail(shard, job, now, error, item.retryable)
-            results.append(ItemResult(item.job_id, item.attempt, None))
+                self._fail(shard, job, now, (item.error or "failed")[:1024], item.retryable)
+            return 0
+
+        results = self._each_lease(items, settle)
         self._dispatch()
+        waits: Waits = {}
         self._flush(waits)
         return results, waits
 
     def extend(self, items: Sequence[Extension]) -> tuple[list[ItemResult], Waits]:
         now = self.clock()
-        waits: Waits = {}
-        results = []
-        for item in items:
-            try:
-                shard, job = self._leased(item.job_id, item.attempt, item.epoch)
-                limit = job.lease_us * self.config.max_extension_leases
-                if not 0 < item.extend_by_us <= limit:
-                    raise InvalidArgument("extend_by_ms", f"must be positive and at most "
-                                          f"{limit // 1000} ms for job {item.job_id!r}")
-            except WheelschedError as exc:
-                results.append(ItemResult(item.job_id, item.attempt, exc))
-                continue
+        limit_leases = self.config.max_extension_leases
+
+        def prolong(shard: Shard, job: Job, item: Extension) -> int:
+            limit = job.lease_us * limit_leases
+            if not 0 < item.extend_by_us <= limit:
+                raise InvalidArgument("extend_by_ms", f"must be positive and at most "
+                                      f"{limit // 1000} ms for job {item.job_id!r}")
             deadline = now + item.extend_by_us
             # Not through _update: the lease (and its owner) continues.
-            new = replace(job, next_us=deadline)
-            self._write(shard, [UPDATE, job.id, *new[STATUS_START:]])
-            results.append(ItemResult(item.job_id, item.attempt, None, deadline))
+            self._write(shard, [UPDATE, job.id, *replace(job, next_us=deadline)[STATUS_START:]])
+            return deadline
+
+        results = self._each_lease(items, prolong)
+        waits: Waits = {}
         self._flush(waits)
         return results, waits
 
