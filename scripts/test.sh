@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/bootstrap.sh
+bash scripts/ensure_etcd.sh  # the cluster tests start real etcd servers
 
 .venv/bin/ruff check wheelsched tests bench setup.py
 .venv/bin/python -m pytest "$@"

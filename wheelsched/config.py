@@ -166,6 +166,11 @@ SETTINGS: tuple[Setting, ...] = (
             "per-client rate of jobs written by Schedule/BatchSchedule/Cancel/Requeue (0 = off)", "N"),
     Setting("rate_limit_burst", 0, _int(0, 1 << 31),
             "per-client burst of the rate limit (0 = one second's worth)", "N"),
+    Setting("etcd", "", _str, "HOST:PORT[,HOST:PORT...] of etcd: join a cluster (empty: standalone)",
+            "ENDPOINTS"),
+    Setting("cluster", "default", _str, "cluster name (the etcd key prefix /wheelsched/NAME/)", "NAME"),
+    Setting("lease_ttl", 5, _int(2, 3600), "cluster mode: etcd lease TTL in s (failover takes about this)",
+            "S"),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -226,6 +231,16 @@ def resolve(flags: Mapping[str, Any], env: Mapping[str, str] | None = None,
         sources[name] = f"flag {s.flag}"
     if bool(values["tls_cert"]) != bool(values["tls_key"]):
         raise ConfigError("tls_cert and tls_key: give both or neither")
+    if values["etcd"]:
+        from wheelsched.cluster.etcd import parse_endpoints
+        try:
+            parse_endpoints(values["etcd"])
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if not values["cluster"] or "/" in values["cluster"]:
+            raise ConfigError("cluster: must be a non-empty name without '/'")
+        if not values["node_id"]:
+            raise ConfigError("node_id: required with etcd (each node of a cluster needs its own name)")
     if values["tls_client_ca"] and not values["tls_cert"]:
         raise ConfigError("tls_client_ca: needs tls_cert and tls_key (client certificates need TLS)")
     return values, sources

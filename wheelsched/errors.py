@@ -60,6 +60,21 @@ class Unavailable(WheelschedError):
     status = "UNAVAILABLE"
 
 
+class NotOwner(Unavailable):
+    """The job's shard is not owned by this node (cluster mode): a redirect.
+
+    ``owner`` is the address of the node that owns the shard as far as this
+    node knows ("" while the shard is between owners); the server sends it
+    in trailing metadata and the client retries there."""
+
+    def __init__(self, shard: int, owner: str = "", epoch: int = 0) -> None:
+        where = f"node at {owner} (epoch {epoch})" if owner else "no node right now"
+        super().__init__(f"shard {shard} is owned by {where}")
+        self.shard = shard
+        self.owner = owner
+        self.epoch = epoch
+
+
 class Unauthenticated(WheelschedError):
     status = "UNAUTHENTICATED"
 

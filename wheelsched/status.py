@@ -26,6 +26,19 @@ _BY_STATUS: dict[str, type[errors.WheelschedError]] = {
 }
 
 
+# Trailing metadata of a NotOwner answer: where the job's shard lives.
+OWNER_KEY = "wheelsched-owner"
+SHARD_KEY = "wheelsched-shard"
+EPOCH_KEY = "wheelsched-epoch"
+
+
+def redirect_metadata(exc: BaseException) -> tuple[tuple[str, str], ...]:
+    """Trailing metadata that turns an error into a redirect (empty if it is not one)."""
+    if isinstance(exc, errors.NotOwner):
+        return ((SHARD_KEY, str(exc.shard)), (OWNER_KEY, exc.owner), (EPOCH_KEY, str(exc.epoch)))
+    return ()
+
+
 def status_code(exc: BaseException) -> grpc.StatusCode:
     """The gRPC status for an exception: its class's, INTERNAL otherwise."""
     name = getattr(exc, "status", "INTERNAL")
@@ -52,4 +65,11 @@ def from_code(code: grpc.StatusCode | int, message: str) -> errors.WheelschedErr
 
 
 def from_rpc_error(err: grpc.RpcError) -> errors.WheelschedError:
+    trailing = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
+    if trailing:
+        meta = {key: value for key, value in trailing if isinstance(value, str)}
+        if SHARD_KEY in meta and meta[SHARD_KEY].isdigit():
+            epoch = meta.get(EPOCH_KEY, "0")
+            return errors.NotOwner(int(meta[SHARD_KEY]), meta.get(OWNER_KEY, ""),
+                                   int(epoch) if epoch.isdigit() else 0)
     return from_code(err.code(), err.details() or "")

@@ -25,10 +25,12 @@ from wheelsched.client._convert import (
     job_from_proto,
 )
 from wheelsched.client.client import Client
+from wheelsched.client.cluster_worker import ClusterWorker
 from wheelsched.client.worker import PermanentFailure, Worker
 
 __all__ = [
     "Client",
+    "ClusterWorker",
     "Delivery",
     "Job",
     "JobSpec",

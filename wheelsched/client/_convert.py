@@ -414,10 +414,24 @@ class ShardAssignment:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterNode:
+    node_id: str
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
 class ShardMap:
     shard_count: int
     shards: tuple[ShardAssignment, ...]
+    nodes: tuple[ClusterNode, ...] = ()
+    cluster: str = ""  # empty: a standalone node
     proto: node_pb2.ShardMap | None = field(default=None, repr=False, compare=False)
+
+    def owner(self, shard: int) -> ShardAssignment | None:
+        for s in self.shards:
+            if s.shard == shard:
+                return s
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -429,6 +443,9 @@ class ShardStatus:
     in_flight: int
     wal_last_seq: int
     wal_durable_seq: int
+    firing: bool = True
+    ready: int = 0
+    lag_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -441,6 +458,9 @@ class NodeStatus:
     shards: tuple[ShardStatus, ...]
     replayed_records: int
     replay_seconds: float
+    cluster: str = ""
+    address: str = ""
+    lease_valid: bool = True
     proto: node_pb2.NodeStatus | None = field(default=None, repr=False, compare=False)
 
 
@@ -450,6 +470,8 @@ def shard_map_from_proto(msg: node_pb2.ShardMap) -> ShardMap:
         shards=tuple(
             ShardAssignment(s.shard, s.owner_node_id, s.owner_address, s.epoch) for s in msg.shards
         ),
+        nodes=tuple(ClusterNode(n.node_id, n.address) for n in msg.nodes),
+        cluster=msg.cluster,
         proto=msg,
     )
 
@@ -463,12 +485,16 @@ def node_status_from_proto(msg: node_pb2.NodeStatus) -> NodeStatus:
         workers=msg.workers,
         shards=tuple(
             ShardStatus(
-                s.shard, s.epoch, s.jobs, s.pending, s.in_flight, s.wal_last_seq, s.wal_durable_seq
+                s.shard, s.epoch, s.jobs, s.pending, s.in_flight, s.wal_last_seq, s.wal_durable_seq,
+                s.firing, s.ready, s.lag_ms,
             )
             for s in msg.shards
         ),
         replayed_records=msg.replayed_records,
         replay_seconds=msg.replay_seconds,
+        cluster=msg.cluster,
+        address=msg.address,
+        lease_valid=msg.lease_valid,
         proto=msg,
     )
 

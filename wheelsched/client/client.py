@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import builtins
+import threading
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -25,6 +27,7 @@ from wheelsched.client._convert import (
     state_value,
     view_value,
 )
+from wheelsched.sharding import shard_of
 from wheelsched.status import from_rpc_error
 from wheelsched.v1 import node_pb2, node_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 
@@ -38,10 +41,32 @@ def _with_id(job: Any) -> Any:
 
 MAX_PAGE_SIZE = 1000  # ListJobs' limit (scheduler.proto)
 MAX_BATCH_HINT = 1000
+# Retrying a redirect or an unreachable cluster node: first pause, cap.
+RETRY_INITIAL = 0.05
+RETRY_MAX = 1.0
+
+
+class _Connection:
+    __slots__ = ("channel", "node", "scheduler")
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.channel = channel
+        self.scheduler = scheduler_pb2_grpc.SchedulerStub(channel)
+        self.node = node_pb2_grpc.NodeStub(channel)
 
 
 class Client:
-    """A synchronous client of one wheelsched node.
+    """A synchronous client of a wheelsched node or cluster.
+
+    ``target`` is ``HOST:PORT``, or several separated by commas (seeds of a
+    cluster: any live one will do). Against a standalone node every call
+    goes to it. Against a cluster the client learns the shard map the first
+    time a node redirects it (``NotOwner``), then sends each request straight
+    to the owner of the job's shard; it follows redirects, refreshes the map
+    and retries, with backoff, while a shard changes owner or a node is
+    down, until the call's deadline. Retrying is safe: scheduling is
+    idempotent by id (the client gives every job an id before sending it)
+    and cancelling twice is a no-op.
 
     Every call has a deadline (``timeout`` seconds) and every failed call
     raises the ``wheelsched.errors`` class of its status code (``NotFound``,
@@ -68,15 +93,32 @@ class Client:
         self.target = target
         self.timeout = timeout
         self._metadata = tuple(metadata)
-        self._channel = open_channel(target, credentials, channel_options)
-        self._scheduler = scheduler_pb2_grpc.SchedulerStub(self._channel)
-        self._node = node_pb2_grpc.NodeStub(self._channel)
+        self._credentials = credentials
+        self._channel_options = tuple(channel_options)
+        self._seeds = [t.strip() for t in target.split(",") if t.strip()]
+        if not self._seeds:
+            raise errors.InvalidArgument("target", "give HOST:PORT")
+        self._lock = threading.Lock()
+        self._connections: dict[str, _Connection] = {}
+        self._map: ShardMap | None = None  # set once a node redirected us (cluster mode)
 
     # ------------------------------------------------------------ plumbing
 
-    def _call(self, method: Any, request: Any, timeout: float | None = None) -> Any:
+    def _connection(self, address: str) -> _Connection:
+        conn = self._connections.get(address)
+        if conn is None:
+            with self._lock:
+                conn = self._connections.get(address)
+                if conn is None:
+                    channel = open_channel(address, self._credentials, self._channel_options)
+                    conn = self._connections[address] = _Connection(channel)
+        return conn
+
+    def _call_at(self, address: str, service: str, method: str, request: Any,
+                 timeout: float | None = None) -> Any:
+        stub = getattr(self._connection(address), service)
         try:
-            return method(
+            return getattr(stub, method)(
                 request,
                 timeout=self.timeout if timeout is None else timeout,
                 metadata=self._metadata,
@@ -84,8 +126,87 @@ class Client:
         except grpc.RpcError as err:
             raise from_rpc_error(err) from err
 
+    def _call(self, service: str, method: str, request: Any, timeout: float | None = None) -> Any:
+        """A call that any node answers (the first seed, or a live node of the cluster)."""
+        return self._routed(None, service, method, request, timeout)
+
+    @property
+    def clustered(self) -> bool:
+        """True once the client has learnt it talks to a cluster."""
+        return self._map is not None and bool(self._map.cluster)
+
+    def _address_for(self, shard: int | None) -> str:
+        cmap = self._map
+        if cmap is None or not cmap.cluster:
+            return self._seeds[0]
+        if shard is not None:
+            owner = cmap.owner(shard % cmap.shard_count)
+            if owner is not None and owner.owner_address:
+                return owner.owner_address
+        if cmap.nodes:
+            return cmap.nodes[0].address
+        return self._seeds[0]
+
+    def _shard(self, job_id: str) -> int | None:
+        return shard_of(job_id, self._map.shard_count) if self._map is not None else None
+
+    def refresh_shard_map(self, avoid: str = "") -> ShardMap | None:
+        """Read the shard map from the first node that answers (``avoid`` last)."""
+        known = [n.address for n in self._map.nodes] if self._map is not None else []
+        candidates = list(dict.fromkeys([*self._seeds, *known]))
+        candidates.sort(key=lambda a: a == avoid)
+        for address in candidates:
+            try:
+                msg = self._call_at(address, "node", "GetShardMap", node_pb2.GetShardMapRequest(),
+                                    timeout=min(self.timeout, 2.0))
+            except errors.WheelschedError:
+                continue
+            self._map = shard_map_from_proto(msg)
+            return self._map
+        return None
+
+    def _routed(self, shard: int | None, service: str, method: str, request: Any,
+                timeout: float | None = None, job_id: str = "") -> Any:
+        """Call the owner of ``shard`` (or of ``job_id``'s shard; None: any
+        node), following redirects and riding out owner changes in a cluster."""
+        total = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + total
+        if job_id:
+            shard = self._shard(job_id)
+        address = self._address_for(shard)
+        pause = RETRY_INITIAL
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                return self._call_at(address, service, method, request, max(remaining, 0.001))
+            except errors.NotOwner as exc:
+                if self._map is None or not self._map.cluster or exc.owner == address:
+                    self.refresh_shard_map()
+                if job_id:
+                    shard = self._shard(job_id)
+                if exc.owner and exc.owner != address:
+                    address = exc.owner  # follow the redirect at once
+                    if time.monotonic() < deadline:
+                        continue
+                error: errors.WheelschedError = exc
+            except errors.Unavailable as exc:
+                if not self.clustered:
+                    raise
+                error = exc  # node down, or between owners: ask the cluster again
+                self.refresh_shard_map(avoid=address)
+                if job_id:
+                    shard = self._shard(job_id)
+            if time.monotonic() + pause > deadline:
+                raise error
+            time.sleep(pause)
+            pause = min(pause * 2, RETRY_MAX)
+            address = self._address_for(shard)
+
     def close(self) -> None:
-        self._channel.close()
+        with self._lock:
+            for conn in self._connections.values():
+                conn.channel.close()
+            self._connections.clear()
 
     def __enter__(self) -> Client:
         return self
@@ -143,8 +264,9 @@ class Client:
             jitter=jitter,
             lease_timeout=lease_timeout,
         )
-        request = scheduler_pb2.ScheduleJobRequest(job=_with_id(spec.to_proto()), view=view_value(view))
-        return job_from_proto(self._call(self._scheduler.ScheduleJob, request))
+        proto = _with_id(spec.to_proto())
+        request = scheduler_pb2.ScheduleJobRequest(job=proto, view=view_value(view))
+        return job_from_proto(self._routed(None, "scheduler", "ScheduleJob", request, job_id=proto.id))
 
     def schedule_many(
         self,
@@ -170,36 +292,84 @@ class Client:
             raise errors.InvalidArgument("chunk", "must be a positive int")
         protos = [_with_id(as_spec(j).to_proto()) for j in jobs]
         view_v = view_value(view)
-        out: builtins.list[Job] = []
-        for start in range(0, len(protos), chunk):
-            request = scheduler_pb2.BatchScheduleJobsRequest(
-                jobs=protos[start : start + chunk], view=view_v
-            )
+        out: builtins.list[Job | None] = [None] * len(protos)
+        done: builtins.list[Job] = []
+        # In a cluster, one chunk per owner: a node accepts only jobs of its
+        # own shards (all or nothing), so parts owned by different nodes are
+        # independent, like chunks.
+        pending = builtins.list(range(len(protos)))
+        deadline = time.monotonic() + self.timeout
+        pause = RETRY_INITIAL
+        while pending:
+            groups: dict[str, builtins.list[int]] = {}
+            for i in pending:
+                groups.setdefault(self._address_for(self._shard(protos[i].id)), []).append(i)
+            pending = []
+            for address, indexes in groups.items():
+                for start in range(0, len(indexes), chunk):
+                    part = indexes[start : start + chunk]
+                    request = scheduler_pb2.BatchScheduleJobsRequest(
+                        jobs=[protos[i] for i in part], view=view_v)
+                    try:
+                        response = self._batch_at(address, request)
+                    except errors.NotOwner as err:
+                        if self._map is None:
+                            self.refresh_shard_map()
+                        if self._map is None or time.monotonic() + pause > deadline:
+                            err.scheduled = done  # type: ignore[attr-defined]
+                            raise
+                        pending.extend(part)  # regroup by the new map
+                        continue
+                    except errors.WheelschedError as err:
+                        err.scheduled = done  # type: ignore[attr-defined]
+                        raise
+                    for i, m in zip(part, response.jobs, strict=True):
+                        out[i] = job_from_proto(m)
+                        done.append(out[i])
+            if pending:
+                time.sleep(pause)
+                pause = min(pause * 2, RETRY_MAX)
+        return out  # type: ignore[return-value]
+
+    def _batch_at(self, address: str, request: Any) -> Any:
+        """One batch to the node that should own all of it; a cluster node
+        that is down or between owners is retried via the refreshed map."""
+        if not self.clustered:
+            return self._call_at(address, "scheduler", "BatchScheduleJobs", request)
+        deadline = time.monotonic() + self.timeout
+        pause = RETRY_INITIAL
+        while True:
             try:
-                response = self._call(self._scheduler.BatchScheduleJobs, request)
-            except errors.WheelschedError as err:
-                err.scheduled = out  # type: ignore[attr-defined]
+                return self._call_at(address, "scheduler", "BatchScheduleJobs", request,
+                                     max(deadline - time.monotonic(), 0.001))
+            except errors.NotOwner:
+                self.refresh_shard_map()
                 raise
-            out.extend(job_from_proto(m) for m in response.jobs)
-        return out
+            except errors.Unavailable:
+                if time.monotonic() + pause > deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, RETRY_MAX)
+                if self.refresh_shard_map(avoid=address) is not None:
+                    raise errors.NotOwner(-1) from None  # regroup by the new map
 
     # ------------------------------------------------------------ reading and changing
 
     def get(self, job_id: str, full: bool = False) -> Job:
         """One job; ``full=True`` includes the payload."""
         request = scheduler_pb2.GetJobRequest(id=job_id, view=view_value("full" if full else "basic"))
-        return job_from_proto(self._call(self._scheduler.GetJob, request))
+        return job_from_proto(self._routed(None, "scheduler", "GetJob", request, job_id=job_id))
 
     def cancel(self, job_id: str) -> Job:
         """Cancel from any non-final state (cancelling twice is a no-op);
         a SUCCEEDED or DEAD job raises ``FailedPrecondition``."""
         request = scheduler_pb2.CancelJobRequest(id=job_id)
-        return job_from_proto(self._call(self._scheduler.CancelJob, request))
+        return job_from_proto(self._routed(None, "scheduler", "CancelJob", request, job_id=job_id))
 
     def requeue(self, job_id: str) -> Job:
         """A DEAD job back to SCHEDULED, due now, attempts reset."""
         request = scheduler_pb2.RequeueJobRequest(id=job_id)
-        return job_from_proto(self._call(self._scheduler.RequeueJob, request))
+        return job_from_proto(self._routed(None, "scheduler", "RequeueJob", request, job_id=job_id))
 
     def list_page(
         self,
@@ -222,8 +392,37 @@ class Client:
             page_token=page_token,
             view=view_value("full" if full else "basic"),
         )
-        response = self._call(self._scheduler.ListJobs, request)
-        return [job_from_proto(m) for m in response.jobs], response.next_page_token
+        if self._map is None:
+            self.refresh_shard_map()  # once: is this a cluster?
+        if not self.clustered:
+            response = self._call("scheduler", "ListJobs", request)
+            return [job_from_proto(m) for m in response.jobs], response.next_page_token
+        return self._cluster_page(request)
+
+    def _cluster_page(self, request: Any) -> tuple[builtins.list[Job], str]:
+        """A page in a cluster: tokens are ``shard:last-id`` on every node,
+        so the client walks the shards in order, asking each shard's owner
+        and keeping only that shard's jobs (an owner also returns its later
+        shards, which other pages cover)."""
+        cmap = self._map
+        assert cmap is not None
+        token = request.page_token
+        head = token.partition(":")[0]
+        shard = int(head) if head.isdigit() else 0
+        if token and not head.isdigit():
+            raise errors.InvalidArgument("page_token", "is not a token this cluster issued")
+        while shard < cmap.shard_count:
+            request.page_token = token if token else f"{shard}:"
+            response = self._routed(shard, "scheduler", "ListJobs", request)
+            jobs = [job_from_proto(m) for m in response.jobs if m.shard == shard]
+            following = f"{shard + 1}:" if shard + 1 < cmap.shard_count else ""
+            if jobs and len(jobs) == len(response.jobs) and response.next_page_token:
+                return jobs, response.next_page_token
+            if jobs:
+                return jobs, following
+            shard += 1
+            token = ""
+        return [], ""
 
     def list(
         self,
@@ -261,9 +460,12 @@ class Client:
     # ------------------------------------------------------------ node
 
     def shard_map(self) -> ShardMap:
-        return shard_map_from_proto(self._call(self._node.GetShardMap, node_pb2.GetShardMapRequest()))
+        return shard_map_from_proto(self._call("node", "GetShardMap", node_pb2.GetShardMapRequest()))
 
     def status(self) -> NodeStatus:
+        return node_status_from_proto(self._call("node", "GetNodeStatus", node_pb2.GetNodeStatusRequest()))
+
+    def status_of(self, address: str) -> NodeStatus:
+        """The status of one particular node (e.g. each node of a cluster)."""
         return node_status_from_proto(
-            self._call(self._node.GetNodeStatus, node_pb2.GetNodeStatusRequest())
-        )
+            self._call_at(address, "node", "GetNodeStatus", node_pb2.GetNodeStatusRequest()))

@@ -11,7 +11,6 @@ from wheelsched.engine.engine import (
     RecoveryStats,
     Subscription,
     Waits,
-    shard_of,
 )
 from wheelsched.engine.model import (
     FINAL_STATES,
@@ -24,6 +23,7 @@ from wheelsched.engine.model import (
     Misfire,
     ScheduleKind,
 )
+from wheelsched.sharding import shard_of
 
 __all__ = [
     "FINAL_STATES",

@@ -35,8 +35,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-import crc32c
-
 from wheelsched import cron
 from wheelsched.engine.model import (
     FINAL_STATES,
@@ -60,9 +58,11 @@ from wheelsched.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    NotOwner,
     ResourceExhausted,
     WheelschedError,
 )
+from wheelsched.sharding import shard_of
 from wheelsched.wal import SNAPSHOT
 
 _SCHEDULED = int(JobState.SCHEDULED)
@@ -166,6 +166,8 @@ def _in_batch(exc: WheelschedError, index: int) -> WheelschedError:
     """The same error, naming ``jobs[index]`` instead of ``job`` (batches
     validate with the plain name, so no per-job field strings are built)."""
     where = f"jobs[{index}]"
+    if isinstance(exc, NotOwner):
+        return exc  # a redirect, the same for every job of its shard
     if isinstance(exc, InvalidArgument):
         field = exc.field
         return InvalidArgument(where + field[3:] if field.startswith("job") else field, exc.message)
@@ -173,20 +175,12 @@ def _in_batch(exc: WheelschedError, index: int) -> WheelschedError:
     return type(exc)(where + text[3:] if text.startswith("job") else text)
 
 
-def shard_key(job_id: str) -> str:
-    """The part of an id that picks its shard: the first ``{tag}`` if there
-    is a non-empty one (co-locating related jobs), else the whole id."""
-    start = job_id.find("{")
-    if start >= 0:
-        end = job_id.find("}", start + 1)
-        if end > start + 1:
-            return job_id[start + 1 : end]
-    return job_id
+def _always() -> bool:
+    return True
 
 
-def shard_of(job_id: str, shard_count: int) -> int:
-    """Stable across processes and versions (CRC32C of the UTF-8 key)."""
-    return crc32c.crc32c(shard_key(job_id).encode("utf-8")) % shard_count
+def _nobody(shard_id: int) -> tuple[str, int]:
+    return "", 0
 
 
 class Engine:
@@ -207,7 +201,13 @@ class Engine:
         retention = {_SUCCEEDED: config.retention_us, _CANCELLED: config.retention_us,
                      _DEAD: config.dead_retention_us}
         self._retention_of = retention.__getitem__
-        self.shards: list[Shard] = []
+        self.shards: list[Shard] = []  # the shards this node owns, by id
+        self._by_id: list[Shard | None] = [None] * config.shard_count
+        # Cluster mode passes the leadership check (True while this node can
+        # prove its etcd lease alive) and who owns the shards it does not;
+        # standalone, the node owns every shard for good.
+        self.may_fire: Callable[[], bool] = _always
+        self.owner_of: Callable[[int], tuple[str, int]] = _nobody
         # queue -> heap of (-priority, fire_us, seq, shard_id, num)
         self._ready: dict[str, list] = {}
         self._ready_seq = 0
@@ -260,37 +260,110 @@ class Engine:
     def _recover(self, stats: RecoveryStats,
                  progress: Callable[[int, int], None] | None) -> tuple[RecoveryStats, Waits]:
         start = self.clock()
-        now = start
-        tick = now // self.config.tick_us
+        shards = []
         for shard_id in range(self.config.shard_count):
-            log = self._open_log(shard_id)
-            shard = Shard(shard_id, log, self._wheel_factory(tick), tick_us=self.config.tick_us,
-                          retention_us=self._retention_of)
-            shard.begin_replay()
-            for kind, _first_seq, payloads in log.replay_batches():
-                if kind == SNAPSHOT:
-                    restore = shard.restore
-                    for payload in payloads:
-                        restore(payload)
-                    stats.snapshot_records += len(payloads)
-                else:
-                    apply = shard.apply
-                    for payload in payloads:
-                        apply(payload)
-                    stats.records += len(payloads)
-            shard.end_replay()
-            log.open()
-            self.shards.append(shard)
-            stats.jobs += len(shard.jobs)
+            shard = self._load(shard_id, self._open_log(shard_id), stats)
+            shards.append(shard)
             if progress is not None:
                 progress(shard_id + 1, self.config.shard_count)
         waits: Waits = {}
-        for shard in self.shards:
-            self._begin_epoch(shard, shard.epoch + 1)
-            stats.released_leases += self._release_leases(shard, "lease lost: node restarted")
+        for shard in shards:
+            stats.released_leases += self._attach(shard, shard.epoch + 1, "lease lost: node restarted")
+            shard.firing = True  # the node serves only once ``waits`` are durable
         self._flush(waits)
         stats.seconds = (self.clock() - start) / US
         return stats, waits
+
+    def _load(self, shard_id: int, log: Any, stats: RecoveryStats) -> Shard:
+        """Replay a shard's log into a new, detached Shard and open the log
+        for appending. Touches no engine state, so a node can load a shard it
+        is taking over on another thread while the engine serves the rest."""
+        shard = Shard(shard_id, log, self._wheel_factory(self.clock() // self.config.tick_us),
+                      tick_us=self.config.tick_us, retention_us=self._retention_of)
+        shard.begin_replay()
+        for kind, _first_seq, payloads in log.replay_batches():
+            if kind == SNAPSHOT:
+                restore = shard.restore
+                for payload in payloads:
+                    restore(payload)
+                stats.snapshot_records += len(payloads)
+            else:
+                apply = shard.apply
+                for payload in payloads:
+                    apply(payload)
+                stats.records += len(payloads)
+        shard.end_replay()
+        log.open()
+        stats.jobs += len(shard.jobs)
+        return shard
+
+    def load_shard(self, shard_id: int, log: Any) -> tuple[Shard, RecoveryStats]:
+        """Cluster mode, any thread: replay a shard this node is taking over.
+        Pair with ``attach_shard`` on the engine's thread."""
+        stats = RecoveryStats()
+        start = self.clock()
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            shard = self._load(shard_id, log, stats)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        stats.seconds = (self.clock() - start) / US
+        return shard, stats
+
+    def attach_shard(self, shard: Shard, epoch: int) -> tuple[int, Waits]:
+        """Cluster mode: serve a loaded shard under ``epoch`` (its leader
+        key's create_revision). Returns the leases released and the waits
+        that make the epoch durable; call ``start_firing`` after them."""
+        if epoch <= 0:
+            raise InvalidArgument("epoch", "must be positive")
+        released = self._attach(shard, epoch, "lease lost: shard changed owner")
+        waits: Waits = {}
+        self._flush(waits)
+        return released, waits
+
+    def _attach(self, shard: Shard, epoch: int, reason: str) -> int:
+        if self._by_id[shard.id] is not None:
+            raise FailedPrecondition(f"shard {shard.id} is already attached")
+        self._by_id[shard.id] = shard
+        self.shards.append(shard)
+        self.shards.sort(key=lambda s: s.id)
+        self._begin_epoch(shard, epoch)
+        return self._release_leases(shard, reason)
+
+    def start_firing(self, shard_id: int) -> None:
+        shard = self._by_id[shard_id]
+        if shard is not None and not shard.draining:
+            shard.firing = True
+
+    def drain_shard(self, shard_id: int) -> Shard | None:
+        """Stop firing and dispatching a shard and refuse new writes to it;
+        acks and lease extensions of what it already dispatched go on, so a
+        graceful hand-over redelivers nothing. Jobs that fired but were not
+        dispatched stay SCHEDULED and due: the next owner fires them."""
+        shard = self._by_id[shard_id]
+        if shard is not None:
+            shard.firing = False
+            shard.draining = True
+            shard.ready.clear()  # their ready-queue entries are skipped from now on
+        return shard
+
+    def detach_shard(self, shard_id: int) -> Shard | None:
+        """Forget a shard (handed over, or leadership lost): nothing more is
+        fired, dispatched, acked or written for it here. Its leases return
+        their workers' credit; the next owner releases them under its new
+        epoch. The caller closes the returned shard's log."""
+        shard = self.drain_shard(shard_id)
+        if shard is None:
+            return None
+        self._by_id[shard_id] = None
+        self.shards.remove(shard)
+        self._unlogged.pop(shard, None)
+        owner = self._lease_owner
+        for key in [k for k in owner if k[0] == shard_id]:
+            owner.pop(key).in_flight -= 1
+        return shard
 
     def _begin_epoch(self, shard: Shard, epoch: int) -> None:
         self._write(shard, [EPOCH, epoch])
@@ -340,7 +413,19 @@ class Engine:
                 log.snapshot(shard.snapshot_records())
 
     def shard_for(self, job_id: str) -> Shard:
-        return self.shards[shard_of(job_id, self.config.shard_count)]
+        """The job's shard, if this node owns it; else a redirect."""
+        shard_id = shard_of(job_id, self.config.shard_count)
+        shard = self._by_id[shard_id]
+        if shard is None:
+            raise NotOwner(shard_id, *self.owner_of(shard_id))
+        return shard
+
+    def _writable_shard(self, job_id: str) -> Shard:
+        """As ``shard_for``, but a shard being handed over takes no new work."""
+        shard = self.shard_for(job_id)
+        if shard.draining:
+            raise NotOwner(shard.id, *self.owner_of(shard.id))
+        return shard
 
     def schedule(self, requests: Sequence[JobRequest]) -> tuple[list[Job], Waits]:
         """Schedule jobs, all or nothing: every request is validated (and
@@ -366,7 +451,7 @@ class Engine:
                 if not req.id:
                     req = req._replace(id=uuid.uuid4().hex)
                 check_job_id(req.id, limits, "job.id")
-                shard = self.shard_for(req.id)
+                shard = self._writable_shard(req.id)
                 job = build_job(req, now_us=now, num=shard.next_num + added.get(shard, 0),
                                 limits=limits, defaults=defaults, check_id=False)
             except WheelschedError as exc:
@@ -409,7 +494,7 @@ class Engine:
 
     def cancel(self, job_id: str) -> tuple[Job, Waits]:
         check_job_id(job_id, self.config.limits)
-        shard = self.shard_for(job_id)
+        shard = self._writable_shard(job_id)
         job = shard.jobs.get(job_id)
         if job is None:
             raise NotFound(f"job {job_id!r} not found")
@@ -428,7 +513,7 @@ class Engine:
 
     def requeue(self, job_id: str) -> tuple[Job, Waits]:
         check_job_id(job_id, self.config.limits)
-        shard = self.shard_for(job_id)
+        shard = self._writable_shard(job_id)
         job = shard.jobs.get(job_id)
         if job is None:
             raise NotFound(f"job {job_id!r} not found")
@@ -477,11 +562,15 @@ class Engine:
         start_shard, after = 0, ""
         if page_token:
             shard_part, sep, after = page_token.partition(":")
-            if not sep or not shard_part.isdigit() or int(shard_part) >= len(self.shards):
+            if not sep or not shard_part.isdigit() or int(shard_part) >= self.config.shard_count:
                 raise InvalidArgument("page_token", "is not a token this node issued")
             start_shard = int(shard_part)
         out: list[tuple[Job, Shard]] = []
-        for shard in self.shards[start_shard:]:
+        for shard in self.shards:
+            if shard.id < start_shard:
+                continue
+            if shard.id > start_shard:
+                after = ""
             ids = shard.sorted_ids()
             jobs = shard.jobs
             for i in range(bisect.bisect_right(ids, after) if after else 0, len(ids)):
@@ -492,7 +581,6 @@ class Engine:
                     last_job, last_shard = out[-1]
                     return out, f"{last_shard.id}:{last_job.id}"
                 out.append((job, shard))
-            after = ""
         return out, ""
 
     # ------------------------------------------------------------------ workers
@@ -661,6 +749,8 @@ class Engine:
         (the ticker sleeps until then), or now if jobs wait for a worker."""
         best = None
         for shard in self.shards:
+            if not shard.firing:
+                continue
             t = shard.wheel.next_expiry()
             if t is not None and (best is None or t < best):
                 best = t
@@ -668,12 +758,16 @@ class Engine:
 
     def tick(self) -> int:
         """Fire everything due by the clock; returns how many jobs fired."""
+        if not self.may_fire():
+            return 0
         now = self.clock()
         now_tick = now // self.config.tick_us
         fired_total = 0
         ready = self._ready
         rows = self.queue_counters
         for shard in self.shards:
+            if not shard.firing:
+                continue
             wheel = shard.wheel
             nxt = wheel.next_expiry()
             if nxt is None or nxt > now_tick:
@@ -727,10 +821,10 @@ class Engine:
 
     def _dispatch(self) -> None:
         """Hand ready jobs to subscribers with credit (round robin per queue)."""
-        if not self._ready or not self._subs or self.dispatch_paused:
+        if not self._ready or not self._subs or self.dispatch_paused or not self.may_fire():
             return
         now = self.clock()
-        shards = self.shards
+        shards = self._by_id
         per_shard: dict[Shard, list] = {}
         per_sub: dict[Subscription, list] = {}
         owner = self._lease_owner
@@ -744,8 +838,8 @@ class Engine:
             while heap and subs:
                 _, due, _, shard_id, num = heapq.heappop(heap)
                 shard = shards[shard_id]
-                if num not in shard.ready:
-                    continue  # changed since it fired (cancelled)
+                if shard is None or num not in shard.ready:
+                    continue  # changed since it fired (cancelled), or handed over
                 shard.ready.discard(num)
                 job = shard.jobs[shard.by_num[num]]
                 turn = (turn + 1) % len(subs)
@@ -778,6 +872,13 @@ class Engine:
                          for shard, job_id, due in lst])
 
     # ------------------------------------------------------------------ status
+
+    def backlog(self, shard: Shard, now: int) -> tuple[int, int]:
+        """Jobs of ``shard`` that are due and wait for a worker, and how late
+        the oldest of them is (µs): the shard's lag, for status pages."""
+        jobs, by_num = shard.jobs, shard.by_num
+        oldest = min((jobs[by_num[num]].next_us for num in shard.ready), default=now)
+        return len(shard.ready), max(0, now - oldest)
 
     def close(self) -> None:
         for shard in self.shards:

@@ -70,6 +70,11 @@ class Shard:
         # While replaying, timers are not armed one by one: the wheel is
         # derived from the job table and built in one batch at the end.
         self.replaying = False
+        # Ownership (cluster mode, DESIGN §6): a shard fires only once its
+        # new epoch is durable, and stops firing (but still takes acks) while
+        # it is handed over. A standalone node's shards always fire.
+        self.firing = False
+        self.draining = False
         self._sorted_ids: list[str] | None = None  # for listing; None when jobs came or went
 
     # -- the one apply function ------------------------------------------------
@@ -113,6 +118,11 @@ class Shard:
     def end_replay(self) -> None:
         """Arm every job's timer with one ``insert_many`` call."""
         self.replaying = False
+        # Ownership (cluster mode, DESIGN §6): a shard fires only once its
+        # new epoch is durable, and stops firing (but still takes acks) while
+        # it is handed over. A standalone node's shards always fire.
+        self.firing = False
+        self.draining = False
         self._sorted_ids: list[str] | None = None  # for listing; None when jobs came or went
         nums = array("q")
         ticks = array("q")

@@ -59,6 +59,7 @@ def _serve(args: argparse.Namespace) -> int:
         slow_fsync_ms=values["slow_fsync_ms"], event_log_seconds=values["event_log_seconds"],
         rate_limit_jobs_per_s=values["rate_limit_jobs_per_s"],
         rate_limit_burst=values["rate_limit_burst"],
+        etcd=values["etcd"], cluster=values["cluster"], lease_ttl=values["lease_ttl"],
     )
     try:
         return run(config)

@@ -25,12 +25,15 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from wheelsched.cluster.etcd import Etcd, parse_endpoints
+from wheelsched.cluster.member import ClusterMember
 from wheelsched.config import ConfigError
 from wheelsched.engine import Engine, EngineConfig, Limits, RecoveryStats, Waits
 from wheelsched.errors import InvalidArgument, Unavailable
@@ -54,6 +57,9 @@ log = logging.getLogger("wheelsched.node")
 
 DATA_FORMAT = 1
 META_FILE = "wheelsched.json"
+# While a cluster node cannot prove its lease, the ticker checks this often
+# whether it may fire again.
+LEASE_RECHECK_US = 50_000
 # gRPC's default 4 MiB receive limit would cap a batch at ~60 jobs of 64 KiB.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -82,6 +88,10 @@ class NodeConfig:
     event_log_seconds: float = 10.0  # interval of the aggregated event lines (slow fsync, ...)
     rate_limit_jobs_per_s: float = 0.0  # per client, write RPCs; 0 = off
     rate_limit_burst: int = 0  # bucket size; 0 = one second's worth
+    # cluster mode (issue #6): empty etcd = standalone, this node owns every shard
+    etcd: str = ""
+    cluster: str = "default"
+    lease_ttl: int = 5
 
 
 def _check_data_dir(config: NodeConfig) -> None:
@@ -99,7 +109,7 @@ def _check_data_dir(config: NodeConfig) -> None:
             raise InvalidArgument("shards", f"{root} was created with {stored.get('shard_count')} "
                                   f"shards, not {config.shard_count}")
         return
-    tmp = meta.with_suffix(".tmp")
+    tmp = meta.with_suffix(f".{os.getpid()}.tmp")  # nodes of a cluster may share the root
     tmp.write_text(json.dumps({"format": DATA_FORMAT, "shard_count": config.shard_count}) + "\n")
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
@@ -144,10 +154,24 @@ class Node:
         # what the event logger reported last, per shard: slow fsyncs, snapshots
         self._seen_slow: dict[int, int] = {}
         self._seen_snapshots: dict[int, int] = {}
+        self.member: ClusterMember | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._shard_tasks: set[asyncio.Task] = set()
+
+    def _shard_dir(self, shard_id: int) -> Path:
+        return Path(self.config.data_dir) / "shards" / f"{shard_id:04d}"
 
     def _open_log(self, shard_id: int) -> WriteAheadLog:
-        path = Path(self.config.data_dir) / "shards" / f"{shard_id:04d}"
-        return WriteAheadLog(path, self._wal_options, meta={"shard": shard_id})
+        return WriteAheadLog(self._shard_dir(shard_id), self._wal_options, meta={"shard": shard_id})
+
+    def _open_fenced_log(self, shard_id: int, epoch: int) -> WriteAheadLog:
+        """Cluster mode: the log of a shard this node just claimed. The fence
+        makes the previous owner's writer fail if it is still alive (paused
+        past its lease, say), and a new segment keeps its late writes apart."""
+        import inspect  # TEMP until the fenced WAL lands
+        kw = {"fence": f"{epoch} {self.node_id}"} if "fence" in inspect.signature(WriteAheadLog).parameters else {}
+        return WriteAheadLog(self._shard_dir(shard_id), self._wal_options,
+                             meta={"shard": shard_id, "epoch": epoch}, **kw)
 
     # -- used by the servicers --------------------------------------------------
 
@@ -164,7 +188,13 @@ class Node:
 
     def after_write(self) -> None:
         """A write may have armed an earlier timer than the ticker sleeps to."""
-        self._ticker.set_target(self.engine.next_wakeup_us())
+        self._ticker.set_target(self._next_tick_us())
+
+    def _next_tick_us(self) -> int | None:
+        if not self.engine.may_fire():
+            # cluster mode without a provable lease: look again soon
+            return wall_us() + LEASE_RECHECK_US
+        return self.engine.next_wakeup_us()
 
     async def wait_durable(self, waits: Waits) -> None:
         try:
@@ -177,6 +207,12 @@ class Node:
             if isinstance(exc, Unavailable):
                 raise
             raise Unavailable(f"write-ahead log failed: {exc}") from exc
+        # Cluster mode: a write is acknowledged only if this node still
+        # provably led its shard when the write became durable — then a new
+        # leader, which can only come after the lease ended, replays it.
+        if self.member is not None and not self.member.lease_valid():
+            raise Unavailable("this node cannot prove its etcd lease alive; the write may or may "
+                              "not have been applied: retry (scheduling by id is idempotent)")
 
     def _on_tick(self) -> None:
         engine = self.engine
@@ -185,7 +221,7 @@ class Node:
         except Exception:  # a bug; keep firing the other jobs
             log.exception("tick failed")
         finally:
-            self._ticker.set_target(engine.next_wakeup_us())
+            self._ticker.set_target(self._next_tick_us())
 
     # -- aggregated events ---------------------------------------------------------
 
@@ -264,18 +300,9 @@ class Node:
         return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
                                            require_client_auth=ca is not None)
 
-    async def start(self) -> None:
+    async def _recover_all(self) -> None:
+        """Standalone: replay every shard and serve them all under new epochs."""
         config = self.config
-        # Configuration errors first, before minutes of replay.
-        interceptors = self._interceptors()
-        credentials = self._server_credentials()
-        _check_data_dir(config)
-        log.info("starting node %s: %d shards, data dir %s, fsync %s", self.node_id, config.shard_count,
-                 config.data_dir, config.fsync,
-                 extra={"event": "starting", "node_id": self.node_id, "shards": config.shard_count,
-                        "data_dir": str(config.data_dir), "fsync": config.fsync,
-                        "tls": bool(credentials), "mtls": bool(config.tls_client_ca),
-                        "auth": bool(config.tokens_file)})
         loop = asyncio.get_running_loop()
         stats, waits = await loop.run_in_executor(None, self.engine.recover)
         self.recovery = stats
@@ -291,6 +318,116 @@ class Node:
                         "records": stats.records, "snapshot_records": stats.snapshot_records,
                         "seconds": round(stats.seconds, 6), "released_leases": stats.released_leases})
 
+    def _join_cluster(self) -> None:
+        config = self.config
+        etcd = Etcd(parse_endpoints(config.etcd), timeout=max(0.5, config.lease_ttl / 4))
+        self.member = ClusterMember(etcd, self, cluster=config.cluster, node_id=self.node_id,
+                                    address=self.advertise, shard_count=config.shard_count,
+                                    ttl_seconds=config.lease_ttl)
+        self.engine.may_fire = self.member.lease_valid
+        self.engine.owner_of = self.member.owner_of
+        self.member.start()
+
+    # -- cluster mode: shards come and go (the member calls these on its thread) ----
+
+    def acquired(self, shard: int, epoch: int) -> None:
+        self._loop.call_soon_threadsafe(self._spawn, self._take(shard, epoch))
+
+    def lost(self, shards: list[int], reason: str) -> None:
+        self._loop.call_soon_threadsafe(self._drop, shards, reason)
+
+    def release_requested(self, shard: int) -> None:
+        self._loop.call_soon_threadsafe(self._spawn, self._hand_over(shard))
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._shard_tasks.add(task)
+        task.add_done_callback(self._shard_tasks.discard)
+
+    async def _take(self, shard_id: int, epoch: int) -> None:
+        """Serve a shard this node claimed: replay its log (off the loop),
+        record the new epoch, and fire once that record is durable."""
+        loop = asyncio.get_running_loop()
+        member = self.member
+
+        def load() -> tuple[Any, RecoveryStats]:
+            return self.engine.load_shard(shard_id, self._open_fenced_log(shard_id, epoch))
+
+        try:
+            shard, stats = await loop.run_in_executor(None, load)
+        except Exception as exc:
+            log.error("cannot load shard %d: %s; giving it back", shard_id, exc,
+                      extra={"event": "shard_load_failed", "shard": shard_id, "error": str(exc)})
+            member.released(shard_id)
+            return
+        if not member.holds(shard_id, epoch) or not self.serving:
+            await loop.run_in_executor(None, _close_quietly, shard.log)
+            return
+        released, waits = self.engine.attach_shard(shard, epoch)
+        try:
+            await self.wait_durable(waits)
+        except Unavailable:
+            return  # leadership lost meanwhile: ``lost`` detaches it
+        self.engine.start_firing(shard_id)
+        self.after_write()
+        rec = self.recovery
+        rec.records += stats.records
+        rec.snapshot_records += stats.snapshot_records
+        rec.jobs += stats.jobs
+        rec.released_leases += released
+        rec.seconds += stats.seconds
+        log.info("serving shard %d at epoch %d: %d jobs from %d records + %d snapshot records in "
+                 "%.3f s; released %d leases", shard_id, epoch, stats.jobs, stats.records,
+                 stats.snapshot_records, stats.seconds, released,
+                 extra={"event": "shard_serving", "shard": shard_id, "epoch": epoch,
+                        "jobs": stats.jobs, "records": stats.records,
+                        "seconds": round(stats.seconds, 6), "released_leases": released})
+
+    def _drop(self, shards: list[int], reason: str) -> None:
+        """Leadership lost: forget the shards at once (nothing more is fired,
+        dispatched or written for them here)."""
+        dropped = []
+        for shard_id in shards:
+            shard = self.engine.detach_shard(shard_id)
+            if shard is not None:
+                dropped.append(shard_id)
+                self._spawn(self._loop.run_in_executor(None, _close_quietly, shard.log))
+        log.warning("lost shards %s: %s", dropped, reason,
+                    extra={"event": "shards_lost", "shards": dropped, "reason": reason})
+
+    async def _hand_over(self, shard_id: int) -> None:
+        """Give a shard to another node with nothing fired twice: stop firing
+        it, let workers ack what they hold (up to ``drain_seconds``), close its
+        log, then delete the leader key."""
+        engine = self.engine
+        loop = asyncio.get_running_loop()
+        shard = engine.drain_shard(shard_id)
+        if shard is not None:
+            deadline = loop.time() + self.config.drain_seconds
+            while shard.in_flight and self.streams and loop.time() < deadline:
+                await asyncio.sleep(0.02)
+            if engine.detach_shard(shard_id) is not shard:
+                return  # lost meanwhile
+            await loop.run_in_executor(None, _close_quietly, shard.log)
+        self.member.released(shard_id)
+        log.info("handed over shard %d", shard_id, extra={"event": "shard_handed_over", "shard": shard_id})
+
+    async def start(self) -> None:
+        config = self.config
+        # Configuration errors first, before minutes of replay.
+        interceptors = self._interceptors()
+        credentials = self._server_credentials()
+        _check_data_dir(config)
+        log.info("starting node %s: %d shards, data dir %s, fsync %s", self.node_id, config.shard_count,
+                 config.data_dir, config.fsync,
+                 extra={"event": "starting", "node_id": self.node_id, "shards": config.shard_count,
+                        "data_dir": str(config.data_dir), "fsync": config.fsync,
+                        "tls": bool(credentials), "mtls": bool(config.tls_client_ca),
+                        "auth": bool(config.tokens_file)})
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        if not config.etcd:
+            await self._recover_all()
         options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                    ("grpc.so_reuseport", 0)]
@@ -313,12 +450,16 @@ class Node:
             raise OSError(f"cannot listen on {config.listen}")
         await server.start()
         self._server = server
+        if not config.advertise:  # the real port when listening on port 0
+            self.advertise = f"{config.listen.rsplit(':', 1)[0]}:{self.port}"
 
         self._ticker = Ticker(loop, self._on_tick)
         self._ticker.start()
         self.serving = True
+        if config.etcd:
+            self._join_cluster()
         self._events = asyncio.create_task(self._event_loop())
-        self._ticker.set_target(self.engine.next_wakeup_us())
+        self._ticker.set_target(self._next_tick_us())
         for name in [*names[:3], ""]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         host = config.listen.rsplit(":", 1)[0]
@@ -339,6 +480,10 @@ class Node:
         await self._health.enter_graceful_shutdown()
         engine = self.engine
         engine.dispatch_paused = True
+        if self.member is not None:
+            self.member.balancing = False  # claim nothing more
+            for shard in list(engine.shards):
+                engine.drain_shard(shard.id)
         # Let workers ack what they hold.
         deadline = asyncio.get_running_loop().time() + self.config.drain_seconds
         while (sum(s.in_flight for s in engine.shards) and self.streams
@@ -357,6 +502,10 @@ class Node:
         # Every op applied is in the log queue; close() writes and fsyncs it.
         self._logs_closed = True
         await asyncio.get_running_loop().run_in_executor(None, engine.close)
+        if self.member is not None:
+            # Only now, with every log closed: revoking the lease deletes the
+            # leader keys, and other nodes take the shards over.
+            await asyncio.get_running_loop().run_in_executor(None, self.member.leave)
         if self._metrics is not None:
             self._metrics.stop()
         counters = dict(engine.counters)
@@ -365,6 +514,15 @@ class Node:
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
+
+
+def _close_quietly(wal: WriteAheadLog) -> None:
+    """Close a log this node no longer leads; a fenced or failed log may
+    refuse to flush, which is fine: its shard is someone else's now."""
+    try:
+        wal.close()
+    except Exception as exc:
+        log.info("closing the log of a lost shard: %s", exc)
 
 
 async def serve(config: NodeConfig) -> int:

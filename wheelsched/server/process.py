@@ -87,9 +87,11 @@ def spawn_listening(argv: list[str], log_path: Path, timeout: float = START_TIME
 class NodeProcess:
     """One node's data directory and flags, and the process currently serving it."""
 
-    def __init__(self, tmp_path: Path, flags: dict[str, Any]) -> None:
+    def __init__(self, tmp_path: Path, flags: dict[str, Any], *, data_dir: Path | None = None,
+                 name: str = "node") -> None:
         self.tmp_path = Path(tmp_path)
-        self.data_dir = self.tmp_path / "node-data"
+        self.data_dir = Path(data_dir) if data_dir is not None else self.tmp_path / "node-data"
+        self.name = name
         self.flags = flags
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
@@ -116,7 +118,7 @@ class NodeProcess:
         if self.proc is not None and self.proc.poll() is None:
             raise RuntimeError("node already running")
         self.starts += 1
-        self.log_path = self.tmp_path / f"node-{self.starts}.log"
+        self.log_path = self.tmp_path / f"{self.name}-{self.starts}.log"
         self.proc, self.port = spawn_listening(self._argv(), self.log_path, timeout)
         return self
 
@@ -129,6 +131,19 @@ class NodeProcess:
     def kill(self) -> None:
         """SIGKILL (a crash) and reap."""
         kill_process(self.proc)
+
+    def pause(self) -> None:
+        """SIGSTOP: the process freezes (threads, timers, sockets and all)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def terminate(self, timeout: float = 30.0) -> int:
         """SIGTERM (graceful shutdown); returns the exit code."""

@@ -20,7 +20,7 @@ from wheelsched.engine import AckItem, Extension
 from wheelsched.errors import InvalidArgument, ResourceExhausted, WheelschedError
 from wheelsched.server import convert
 from wheelsched.server.ticker import wall_us
-from wheelsched.status import code_number, status_code
+from wheelsched.status import code_number, redirect_metadata, status_code
 from wheelsched.v1 import (
     job_pb2,
     node_pb2,
@@ -46,6 +46,9 @@ def rpc(method):
         try:
             return await method(self, request, context)
         except WheelschedError as exc:
+            metadata = redirect_metadata(exc)
+            if metadata:
+                context.set_trailing_metadata(metadata)
             await context.abort(status_code(exc), str(exc))
 
     return wrapper
@@ -272,22 +275,39 @@ class NodeService(node_pb2_grpc.NodeServicer):
     async def GetShardMap(self, request, context):
         node = self.node
         resp = node_pb2.ShardMap(shard_count=self.engine.config.shard_count)
-        for shard in self.engine.shards:
-            resp.shards.add(shard=shard.id, owner_node_id=node.node_id,
-                            owner_address=node.advertise, epoch=shard.epoch)
+        member = node.member
+        if member is None:
+            for shard in self.engine.shards:
+                resp.shards.add(shard=shard.id, owner_node_id=node.node_id,
+                                owner_address=node.advertise, epoch=shard.epoch)
+            resp.nodes.add(node_id=node.node_id, address=node.advertise)
+            return resp
+        view = member.view
+        resp.cluster = member.cluster
+        for shard_id, owner in sorted(view.owners.items()):
+            resp.shards.add(shard=shard_id, owner_node_id=owner.node_id,
+                            owner_address=owner.address, epoch=owner.epoch)
+        for node_id, address in sorted(view.nodes.items()):
+            resp.nodes.add(node_id=node_id, address=address)
         return resp
 
     @rpc
     async def GetNodeStatus(self, request, context):
         node = self.node
+        member = node.member
         resp = node_pb2.NodeStatus(node_id=node.node_id, version=__version__, serving=node.serving,
                                    workers=len(node.streams),
                                    replayed_records=node.recovery.records + node.recovery.snapshot_records,
-                                   replay_seconds=node.recovery.seconds)
+                                   replay_seconds=node.recovery.seconds, address=node.advertise,
+                                   cluster=member.cluster if member else "",
+                                   lease_valid=self.engine.may_fire())
         convert.set_ts(resp.start_time, node.start_us)
+        now = wall_us()
         for shard in self.engine.shards:
+            ready, lag_us = self.engine.backlog(shard, now)
             resp.shards.add(shard=shard.id, epoch=shard.epoch, jobs=len(shard.jobs),
                             pending=shard.active, in_flight=shard.in_flight,
-                            wal_last_seq=shard.log.last_seq, wal_durable_seq=shard.log.durable_seq)
+                            wal_last_seq=shard.log.last_seq, wal_durable_seq=shard.log.durable_seq,
+                            firing=shard.firing, ready=ready, lag_ms=lag_us // 1000)
         return resp
 

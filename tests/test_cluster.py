@@ -1,0 +1,157 @@
+"""Cluster mode against a real etcd and real node processes (issue #6).
+
+Every test gets its own cluster name in one etcd per module, three (or two)
+``wheelsched serve`` processes sharing one data root, lease TTL 2 s.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from cluster_helpers import TTL, Cluster, Recorder, cluster_worker, require_etcd
+from wheelsched.client import Client
+from wheelsched.cluster.localetcd import LocalEtcd
+from wheelsched.errors import NotOwner
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def etcd(tmp_path_factory):
+    require_etcd()
+    server = LocalEtcd(tmp_path_factory.mktemp("etcd"))
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def cluster(tmp_path, etcd):
+    c = Cluster(tmp_path, etcd, name=f"t{uuid.uuid4().hex[:8]}")
+    yield c
+    c.stop()
+
+
+def _schedule(client: Client, n: int, delay: float, spread: float = 0.0, prefix: str = "j") -> set[str]:
+    """n jobs due from ``delay`` s on, over ``spread`` s; returns the acknowledged ids."""
+    specs = [{"queue": "q", "id": f"{prefix}-{i}", "delay": delay + spread * i / max(n, 1)}
+             for i in range(n)]
+    return {j.id for j in client.schedule_many(specs)}
+
+
+def test_three_nodes_share_shards_client_routes_and_worker_gets_everything(cluster):
+    for _ in range(3):
+        cluster.add_node()
+    serving = cluster.wait_balanced(3)
+    assert sorted(len(v) for v in serving.values()) == [5, 5, 6]
+    # every node answers the same map; epochs are the leader keys' revisions
+    maps = [cluster.shard_map(n) for n in cluster.nodes]
+    assert {tuple((s.shard, s.owner_node_id, s.epoch) for s in m.shards) for m in maps} \
+        == {tuple((s.shard, s.owner_node_id, s.epoch) for s in maps[0].shards)}
+    assert {n.node_id for n in maps[0].nodes} == {"n0", "n1", "n2"}
+
+    # a node that does not own a job's shard redirects, naming the owner
+    owners = {s.shard: s for s in maps[0].shards}
+    from wheelsched.sharding import shard_of
+    foreign = next(f"x{i}" for i in range(1000)
+                   if owners[shard_of(f"x{i}", 16)].owner_node_id != "n0")
+    with Client(cluster.nodes[0].target, timeout=5) as c:
+        with pytest.raises(NotOwner) as exc:
+            c._call_at(cluster.nodes[0].target, "scheduler", "GetJob",
+                       __import__("wheelsched.v1.scheduler_pb2", fromlist=["x"]).GetJobRequest(id=foreign))
+        assert exc.value.owner == owners[shard_of(foreign, 16)].owner_address
+
+    # the client, seeded with one node, routes everything to the owners
+    with Client(cluster.nodes[0].target, timeout=10) as c:
+        ids = _schedule(c, 300, delay=1.0, spread=1.0)
+        assert c.clustered
+        assert len(ids) == 300
+        got = c.get(foreign) if False else c.get("j-7")
+        assert got.id == "j-7" and got.state == "SCHEDULED"
+        cancelled = {f"j-{i}" for i in range(0, 300, 10)}
+        for job_id in cancelled:
+            assert c.cancel(job_id).state == "CANCELLED"
+        listed = {j.id for j in c.list(page_size=37)}
+        assert listed == ids
+    rec = Recorder()
+    worker = cluster_worker(cluster, rec)
+    try:
+        missing = rec.wait_for(ids - cancelled, timeout=30)
+        assert not missing
+        time.sleep(0.5)
+        assert not (set(rec.counts) & cancelled)
+        assert max(rec.counts.values()) == 1  # nothing fired twice
+        assert set(worker.workers) == {n.target for n in cluster.nodes}
+    finally:
+        worker.stop(timeout=5)
+
+
+def test_kill9_owner_under_load_loses_nothing(cluster):
+    for _ in range(3):
+        cluster.add_node()
+    cluster.wait_balanced(3)
+    rec = Recorder()
+    worker = cluster_worker(cluster, rec)
+    acked: set[str] = set()
+    try:
+        with Client(cluster.seeds, timeout=15) as c:
+            acked |= _schedule(c, 1500, delay=0.5, spread=6.0, prefix="a")
+            victim = cluster.nodes[1]
+            time.sleep(2.0)  # firing under way
+            victim.kill()
+            # keep scheduling through the failover: the client rides it out
+            for k in range(10):
+                acked |= _schedule(c, 50, delay=0.2, spread=1.0, prefix=f"b{k}")
+                time.sleep(0.2)
+        serving = cluster.wait_balanced(2, timeout=TTL + 15)
+        assert "n1" not in serving
+        missing = rec.wait_for(acked, timeout=30)
+        assert not missing, f"{len(missing)} acknowledged jobs never fired, e.g. {sorted(missing)[:5]}"
+    finally:
+        worker.stop(timeout=5)
+
+
+def test_graceful_shutdown_hands_over_with_nothing_missed_or_doubled(cluster):
+    for _ in range(3):
+        cluster.add_node()
+    cluster.wait_balanced(3)
+    rec = Recorder(handler=lambda d: time.sleep(0.01))
+    worker = cluster_worker(cluster, rec)
+    try:
+        with Client(cluster.seeds, timeout=15) as c:
+            ids = _schedule(c, 1200, delay=0.5, spread=5.0)
+        time.sleep(2.0)
+        assert cluster.nodes[2].terminate(timeout=30) == 0
+        cluster.wait_balanced(2, timeout=15)
+        missing = rec.wait_for(ids, timeout=30)
+        assert not missing
+        time.sleep(1.0)
+        doubled = {i: n for i, n in rec.counts.items() if n > 1}
+        assert not doubled, f"fired twice: {sorted(doubled)[:5]}"
+    finally:
+        worker.stop(timeout=5)
+
+
+def test_joining_node_rebalances_without_losing_or_doubling(cluster):
+    for _ in range(2):
+        cluster.add_node()
+    cluster.wait_balanced(2)
+    rec = Recorder(handler=lambda d: time.sleep(0.01))
+    worker = cluster_worker(cluster, rec)
+    try:
+        with Client(cluster.seeds, timeout=15) as c:
+            ids = _schedule(c, 1200, delay=0.5, spread=6.0)
+        time.sleep(1.5)
+        cluster.add_node()
+        serving = cluster.wait_balanced(3, timeout=30)
+        assert serving["n2"]
+        missing = rec.wait_for(ids, timeout=30)
+        assert not missing
+        time.sleep(1.0)
+        doubled = {i: n for i, n in rec.counts.items() if n > 1}
+        assert not doubled, f"fired twice: {sorted(doubled)[:5]}"
+    finally:
+        worker.stop(timeout=5)
