@@ -4,7 +4,10 @@ read from etcd, so every rule here is tested without a cluster.
 Each node looks at the same picture (live nodes, shard → owner) and acts
 only for itself:
 
-* it claims free shards while it holds fewer than ``ceil(S / N)``;
+* it claims free shards while it holds fewer than ``ceil(S / N)`` — but
+  only up to ``floor(S / N)`` while another node holds fewer than that, so
+  a shard released for a newcomer goes to the newcomer, not back to a node
+  that already has its floor;
 * it releases one shard at a time while it holds more than ``ceil(S / N)``,
   or more than ``floor(S / N)`` while no shard is free and some node holds
   fewer than ``floor(S / N)`` (a newcomer, after everyone settled at the
@@ -45,10 +48,12 @@ def plan(me: str, shard_count: int, owners: Mapping[int, str],
             counts[owner] += 1
     mine = sorted(s for s, o in owners.items() if o == me)
     free = [s for s in range(shard_count) if s not in owners]
-    if len(mine) < high and free:
+    others_starving = any(c < low for node, c in counts.items() if node != me)
+    limit = low if others_starving else high
+    if len(mine) < limit and free:
         free.sort(key=lambda s: _preference(me, s))
-        return free[: high - len(mine)], None
-    starving = any(c < low for c in counts.values())
+        return free[: limit - len(mine)], None
+    starving = others_starving or counts[me] < low
     if len(mine) > high or (len(mine) > low and not free and starving):
         # give up the shard this node likes least, so a returning node
         # tends to get back the same shards

@@ -124,6 +124,7 @@ class ClusterMember:
         self._held: dict[int, int] = {}  # shard -> epoch (create_revision of our key)
         self._releasing: set[int] = set()
         self._released: list[int] = []
+        self._cooldown: dict[int, float] = {}  # shard -> not claimed again before (monotonic)
         self._lock = threading.Lock()  # guards _released and _held against the node's calls
         self._wake = threading.Event()
         self._stop = False
@@ -148,10 +149,14 @@ class ClusterMember:
         self._thread = threading.Thread(target=self._main, name="cluster-member", daemon=True)
         self._thread.start()
 
-    def released(self, shard: int) -> None:
-        """The node stopped serving ``shard`` and closed its log: give up the key."""
+    def released(self, shard: int, retry_after: float = 0.0) -> None:
+        """The node stopped serving ``shard`` and closed its log: give up the
+        key. ``retry_after``: do not claim it again for that long (the node
+        failed to load it; let another node try, and do not spin)."""
         with self._lock:
             self._released.append(shard)
+            if retry_after:
+                self._cooldown[shard] = self.clock() + retry_after
         self._wake.set()
 
     def leave(self) -> None:
@@ -233,6 +238,12 @@ class ClusterMember:
         if not self.balancing or not self.lease_valid():
             return
         owners = {s: o.node_id for s, o in view.owners.items()}
+        if self._cooldown:
+            now = self.clock()
+            with self._lock:
+                self._cooldown = {s: t for s, t in self._cooldown.items() if t > now}
+                for s in self._cooldown:  # as if held by nobody we may take from
+                    owners.setdefault(s, "")
         claim, release = balance.plan(self.node_id, self.shard_count, owners, view.nodes)
         for shard in claim:
             epoch = etcd.claim(shard_key(self.cluster, shard),

@@ -60,6 +60,9 @@ META_FILE = "wheelsched.json"
 # While a cluster node cannot prove its lease, the ticker checks this often
 # whether it may fire again.
 LEASE_RECHECK_US = 50_000
+# A node that failed to load a shard (its log locked or damaged) gives the
+# key back and does not claim that shard again for this long.
+LOAD_RETRY_SECONDS = 2.0
 # gRPC's default 4 MiB receive limit would cap a batch at ~60 jobs of 64 KiB.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -358,7 +361,7 @@ class Node:
         except Exception as exc:
             log.error("cannot load shard %d: %s; giving it back", shard_id, exc,
                       extra={"event": "shard_load_failed", "shard": shard_id, "error": str(exc)})
-            member.released(shard_id)
+            member.released(shard_id, retry_after=LOAD_RETRY_SECONDS)
             return
         if not member.holds(shard_id, epoch) or not self.serving:
             await loop.run_in_executor(None, _close_quietly, shard.log)
