@@ -77,7 +77,12 @@ class Cluster:
             fired = [s for shards in serving.values() for s in shards]
             if (sorted(fired) == list(range(self.shards)) and len(serving) == nodes
                     and all(low <= len(v) <= high for v in serving.values())):
-                return serving
+                # and every node's view of etcd agrees (no hand-over under way)
+                by_owner = {node: set(shards) for node, shards in serving.items()}
+                views = [self.owners(n) for n in self.nodes if n.running]
+                if all({s: o for s, o in v.items()} == {s: o for o, ss in by_owner.items() for s in ss}
+                       for v in views):
+                    return serving
             if time.monotonic() > deadline:
                 raise AssertionError(f"not balanced after {timeout}s: {serving}")
             time.sleep(0.1)

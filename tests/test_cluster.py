@@ -6,6 +6,9 @@ Every test gets its own cluster name in one etcd per module, three (or two)
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 import uuid
 
@@ -76,6 +79,16 @@ def test_three_nodes_share_shards_client_routes_and_worker_gets_everything(clust
             assert c.cancel(job_id).state == "CANCELLED"
         listed = {j.id for j in c.list(page_size=37)}
         assert listed == ids
+    # wheelsched cluster status: every node, every shard with its owner and epoch
+    cli = [sys.executable, "-m", "wheelsched", "cluster", "status", "--target", cluster.nodes[2].target]
+    data = json.loads(subprocess.run([*cli, "--json"], check=True, capture_output=True, text=True).stdout)
+    assert {n["node_id"] for n in data["nodes"] if n["reachable"] and n["lease_valid"]} == {"n0", "n1", "n2"}
+    assert [(s["shard"], s["owner"], s["epoch"]) for s in data["shards"]] == \
+        [(s.shard, s.owner_node_id, s.epoch) for s in maps[0].shards]
+    assert all(s["firing"] for s in data["shards"])
+    assert sum(s["pending"] for s in data["shards"]) == 300 - len(cancelled)
+    text = subprocess.run(cli, check=True, capture_output=True, text=True).stdout
+    assert f"cluster {cluster.name}: 3 nodes, 16/16 shards owned, 16 firing" in text
     rec = Recorder()
     worker = cluster_worker(cluster, rec)
     try:

@@ -15,6 +15,7 @@ import sys
 COMMAND_MODULES = {
     "serve": "wheelsched.server.cli",
     "jobs": "wheelsched.client.cli",
+    "cluster": "wheelsched.cluster.cli",
     "wal": "wheelsched.wal.cli",
     "demo": "wheelsched.demo",
     "bench": "wheelsched.benchcli",

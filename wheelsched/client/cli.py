@@ -27,8 +27,8 @@ Errors are printed to stderr as "error: <STATUS>: <message>".
 The target defaults to $WHEELSCHED_TARGET, else 127.0.0.1:7070."""
 
 
-def register(subparsers: Any) -> None:
-    """Add the ``jobs`` command group to the ``wheelsched`` parser."""
+def connection_options() -> argparse.ArgumentParser:
+    """The options every command that talks to a node takes (a parent parser)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--target",
@@ -49,6 +49,12 @@ def register(subparsers: Any) -> None:
     common.add_argument(
         "--timeout", type=float, default=10.0, metavar="SECONDS", help="per-call deadline (10)"
     )
+    return common
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``jobs`` command group to the ``wheelsched`` parser."""
+    common = connection_options()
 
     def add(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
         return sub.add_parser(
@@ -142,7 +148,7 @@ def read_payload(text: str) -> bytes:
     return text.encode()
 
 
-def _client(args: argparse.Namespace) -> Any:
+def client_from_args(args: argparse.Namespace) -> Any:
     from wheelsched.client.client import Client  # grpc only for commands that need it
 
     return Client(args.target, timeout=args.timeout, tls_ca=args.tls_ca, tls_cert=args.tls_client_cert,
@@ -151,7 +157,7 @@ def _client(args: argparse.Namespace) -> Any:
 
 def _cmd_schedule(args: argparse.Namespace) -> int:
     def call() -> Any:
-        with _client(args) as c:
+        with client_from_args(args) as c:
             return c.schedule(
                 args.queue,
                 read_payload(args.payload),
@@ -171,7 +177,7 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
 
 def _cmd_get(args: argparse.Namespace) -> int:
     def call() -> Any:
-        with _client(args) as c:
+        with client_from_args(args) as c:
             return c.get(args.id, full=args.full)
 
     return _run(args, call)
@@ -179,7 +185,7 @@ def _cmd_get(args: argparse.Namespace) -> int:
 
 def _cmd_cancel(args: argparse.Namespace) -> int:
     def call() -> Any:
-        with _client(args) as c:
+        with client_from_args(args) as c:
             return c.cancel(args.id)
 
     return _run(args, call)
@@ -187,7 +193,7 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
 
 def _cmd_requeue(args: argparse.Namespace) -> int:
     def call() -> Any:
-        with _client(args) as c:
+        with client_from_args(args) as c:
             return c.requeue(args.id)
 
     return _run(args, call)
@@ -199,7 +205,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
     def call() -> Any:
         page = min(args.limit, 1000) if args.limit else 1000
-        with _client(args) as c:
+        with client_from_args(args) as c:
             jobs = c.list(queue=args.queue, states=args.state, page_size=page)
             return list(itertools.islice(jobs, args.limit or None))
 
