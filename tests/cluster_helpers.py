@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from wheelsched.client import Client, ClusterWorker
-from wheelsched.cluster.localetcd import LocalEtcd, etcd_binary
-from wheelsched.server.process import NodeProcess
+from wheelsched.client import ClusterWorker
+from wheelsched.cluster.local import LocalCluster, LocalEtcd, etcd_binary
 
 TTL = 2  # seconds: etcd's minimum, so failover tests stay short
 
@@ -26,70 +25,8 @@ def require_etcd() -> None:
         pytest.skip("etcd not installed (bash scripts/ensure_etcd.sh)")
 
 
-class Cluster:
-    def __init__(self, tmp_path: Path, etcd: LocalEtcd, name: str, shards: int = 16,
-                 ttl: int = TTL, **flags: object) -> None:
-        self.tmp_path = tmp_path
-        self.etcd = etcd
-        self.name = name
-        self.shards = shards
-        self.data_root = tmp_path / "data"
-        self.flags = {"etcd": etcd.endpoint, "cluster": name, "shards": shards, "lease_ttl": ttl,
-                      "fsync": "always", "drain_seconds": 5, **flags}
-        self.nodes: list[NodeProcess] = []
-
-    def add_node(self) -> NodeProcess:
-        i = len(self.nodes)
-        node = NodeProcess(self.tmp_path, {**self.flags, "node_id": f"n{i}"},
-                           data_dir=self.data_root, name=f"n{i}")
-        self.nodes.append(node)
-        return node.start()
-
-    @property
-    def seeds(self) -> str:
-        return ",".join(n.target for n in self.nodes if n.running)
-
-    def shard_map(self, via: NodeProcess | None = None):
-        node = via or next(n for n in self.nodes if n.running)
-        with Client(node.target, timeout=5) as c:
-            return c.shard_map()
-
-    def owners(self, via: NodeProcess | None = None) -> dict[int, str]:
-        return {s.shard: s.owner_node_id for s in self.shard_map(via).shards}
-
-    def serving_shards(self) -> dict[str, list[int]]:
-        """node id -> shards it fires now (each node's own status)."""
-        out = {}
-        for node in self.nodes:
-            if node.running:
-                with Client(node.target, timeout=5) as c:
-                    st = c.status()
-                out[st.node_id] = sorted(s.shard for s in st.shards if s.firing)
-        return out
-
-    def wait_balanced(self, nodes: int, timeout: float = 30.0) -> dict[str, list[int]]:
-        """Until every shard fires on exactly one node and each of ``nodes``
-        nodes holds its fair share (floor..ceil of shards / nodes)."""
-        low, high = self.shards // nodes, -(-self.shards // nodes)
-        deadline = time.monotonic() + timeout
-        while True:
-            serving = self.serving_shards()
-            fired = [s for shards in serving.values() for s in shards]
-            if (sorted(fired) == list(range(self.shards)) and len(serving) == nodes
-                    and all(low <= len(v) <= high for v in serving.values())):
-                # and every node's view of etcd agrees (no hand-over under way)
-                by_owner = {node: set(shards) for node, shards in serving.items()}
-                views = [self.owners(n) for n in self.nodes if n.running]
-                if all({s: o for s, o in v.items()} == {s: o for o, ss in by_owner.items() for s in ss}
-                       for v in views):
-                    return serving
-            if time.monotonic() > deadline:
-                raise AssertionError(f"not balanced after {timeout}s: {serving}")
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        for node in self.nodes:
-            node.kill()
+def Cluster(tmp_path: Path, etcd: LocalEtcd, name: str, **kw: object) -> LocalCluster:
+    return LocalCluster(tmp_path, etcd, name, ttl=TTL, **kw)
 
 
 class Recorder:

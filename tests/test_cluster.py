@@ -13,10 +13,10 @@ import time
 import uuid
 
 import pytest
-
 from cluster_helpers import TTL, Cluster, Recorder, cluster_worker, require_etcd
+
 from wheelsched.client import Client
-from wheelsched.cluster.localetcd import LocalEtcd
+from wheelsched.cluster.local import LocalEtcd
 from wheelsched.errors import NotOwner
 
 pytestmark = pytest.mark.slow
@@ -35,7 +35,7 @@ def etcd(tmp_path_factory):
 def cluster(tmp_path, etcd):
     c = Cluster(tmp_path, etcd, name=f"t{uuid.uuid4().hex[:8]}")
     yield c
-    c.stop()
+    c.kill_all()
 
 
 def _schedule(client: Client, n: int, delay: float, spread: float = 0.0, prefix: str = "j") -> set[str]:

@@ -15,6 +15,7 @@ from pathlib import Path
 BENCHMARKS = {
     "fire-latency": "fire_latency",
     "crash-replay": "crash_replay",
+    "failover": "failover",
     "schedule": "schedule",
     "engine-cycle": "engine_cycle",
     "wheel": "wheel",
