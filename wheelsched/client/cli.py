@@ -34,7 +34,8 @@ def connection_options() -> argparse.ArgumentParser:
         "--target",
         default=os.environ.get("WHEELSCHED_TARGET") or DEFAULT_TARGET,
         metavar="HOST:PORT",
-        help=f"node to talk to (default: $WHEELSCHED_TARGET or {DEFAULT_TARGET})",
+        help=f"node to talk to; for a cluster, any nodes, comma separated (default: "
+             f"$WHEELSCHED_TARGET or {DEFAULT_TARGET})",
     )
     common.add_argument("--json", action="store_true", help="machine-readable JSON output")
     common.add_argument("--tls-ca", default=os.environ.get("WHEELSCHED_TLS_CA") or None, metavar="PEM",
