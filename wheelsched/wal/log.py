@@ -323,19 +323,28 @@ class WriteAheadLog:
             return False
         return st.st_ino == self._fence_id[0] and st.st_dev == self._fence_id[1]  # type: ignore[index]
 
-    def _require_fence(self) -> None:
-        """Raise FencedError (failing the log) unless FENCE is still ours."""
-        if self._fence_held():
-            return
+    def _fence_held_or_unknown(self) -> bool:
+        try:
+            return self._fence_held()
+        except OSError:
+            return True
+
+    def _deposed(self) -> FencedError:
         try:
             holder = Path(self._fence_path).read_text().strip()
         except OSError:
             holder = ""
-        err = FencedError(
+        return FencedError(
             f"write-ahead log {self.directory} was taken over "
             f"({FENCE_NAME} holds {holder!r}, this writer's fence is {self.fence!r}): "
             "this writer was deposed and writes nothing more"
         )
+
+    def _require_fence(self) -> None:
+        """Raise FencedError (failing the log) unless FENCE is still ours."""
+        if self._fence_held():
+            return
+        err = self._deposed()
         self._fail(err)
         raise FencedError(str(err))  # a fresh instance per raise, as _failure()
 
@@ -818,6 +827,11 @@ class WriteAheadLog:
         """Refuse every pending and later append; the first failure sticks."""
         if isinstance(exc, FencedError):
             err: LogFailedError = exc
+        elif self._fence_id is not None and not self._fence_held_or_unknown():
+            # e.g. our roll's temp file was removed by the takeover: that
+            # is being deposed, not a broken disk
+            err = self._deposed()
+            err.__cause__ = exc
         else:
             if isinstance(exc, OSError):
                 what = f"{exc.strerror or exc} ({type(exc).__name__}, errno {exc.errno})"
