@@ -128,7 +128,7 @@ def test_takeover_in_process(tmp_path: Path) -> None:
 
 def test_asyncio_waiters_fail_with_fenced_error(tmp_path: Path) -> None:
     gate = threading.Event()
-    faults = Faults({"fence.after_check": lambda n: gate.wait(10) if n == 2 else None})
+    faults = Faults({"write.before_write": lambda n: gate.wait(10) if n == 2 else None})
     a, _ = take_over(tmp_path, "1 a", faults=faults, fsync="always")
     append_durably(a, [("a", 0)])
 
@@ -191,7 +191,7 @@ def test_late_batch_between_check_and_write_lands_past_the_boundary(tmp_path: Pa
             box["replayed"] = [tuple(r.payload) for r in b.replay()]
             box["b"] = b
 
-    a, _ = take_over(tmp_path, "1 a", faults=Faults({"fence.after_check": deposed_here}))
+    a, _ = take_over(tmp_path, "1 a", faults=Faults({"write.before_write": deposed_here}))
     append_durably(a, [("a", 0)])
     append_durably(a, [("a", 1)])
     late = a.append_many([("a", i) for i in range(2, 7)])  # one batch, written after the takeover
@@ -277,7 +277,7 @@ def test_empty_last_segment_is_replaced_not_reused(tmp_path: Path) -> None:
             box["b"], box["replayed"] = take_over(tmp_path, "3 b")
 
     # a2 takes over and opens segment 4, which stays empty until b takes over
-    a2, _ = take_over(tmp_path, "2 a2", faults=Faults({"fence.after_check": deposed_here}))
+    a2, _ = take_over(tmp_path, "2 a2", faults=Faults({"write.before_write": deposed_here}))
     assert segment_names(tmp_path) == [segment_name(1), segment_name(4)]
     held = a2._fd
     with pytest.raises(FencedError):
@@ -644,7 +644,7 @@ def test_stopped_between_fence_check_and_write(tmp_path: Path) -> None:
     """The child stops itself right after a batch passed its fence check;
     after the takeover it writes that batch into its old segment."""
     child = FencedChild(tmp_path, "1 child", "c", segment_bytes=64 << 20,
-                        stop_point="fence.after_check", stop_nth=40)
+                        stop_point="write.before_write", stop_nth=40)
     child.wait_stopped()
     new_owner, replayed = take_over(tmp_path, "2 test", fsync="always")
     mine = [("t", i) for i in range(20)]

@@ -670,7 +670,7 @@ class WriteAheadLog:
                 if batch:
                     if fenced:
                         self._require_fence()  # a deposed writer writes nothing
-                        self._hit("fence.after_check")
+                    self._hit("write.before_write")  # fence confirmed, nothing written yet
                     size = self._write_batch(batch, first)
                     n = len(batch)
                     self._written_seq = first + n - 1
