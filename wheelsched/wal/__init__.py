@@ -84,7 +84,8 @@ Recovery (``replay()`` / ``open()``)
   CRC-valid record with a later seq follows it anywhere in the file: the
   process or machine died mid-write, or the file system extended the file
   with zeros. ``open()`` copies the cut bytes to ``<segment>.torn-<offset>``,
-  truncates the segment there and appends after it. A bad record followed by
+  truncates the segment there and appends after it (a fenced ``open()``
+  leaves it in place instead, see below). A bad record followed by
   a valid one is corruption (``CorruptLogError``). Like LevelDB and RocksDB's
   default mode this is a heuristic: a bit flip inside the very last record is
   indistinguishable from a torn write and is cut (the bytes are kept aside).
@@ -107,9 +108,9 @@ harmless; the lease, not the fence, keeps two live writers apart.
   (it keeps that file open, so the number cannot be reused meanwhile). The
   writer looks before each batch it writes, after writing and syncing a
   batch and before acknowledging it, before linking a new segment into
-  place, before installing a snapshot and before deleting anything: one
-  ``stat`` per group commit, not per record. ``check_fence()`` does it for
-  the owner. Once deposed, the log fails with ``FencedError`` (a
+  place, before installing a snapshot and before deleting anything: two
+  ``stat`` calls per group-commit batch (a few microseconds), not per
+  record. ``check_fence()`` does it for the owner. Once deposed, the log fails with ``FencedError`` (a
   ``LogFailedError``) for every pending and later append and wait, and
   writes, installs and deletes nothing more.
 * Acknowledged records survive a takeover: a record is acknowledged only if

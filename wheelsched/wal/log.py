@@ -363,7 +363,9 @@ class WriteAheadLog:
     def replay(self, progress: ProgressFn | None = None) -> Iterator[Record]:
         """Yield the snapshot's items (kind SNAPSHOT, seq = the seq it covers),
         then every OP after it in seq order. Read-only: the repairs it finds
-        necessary (torn tail, temp files) are made by open()."""
+        necessary (torn tail, temp files) are made by open(). With a fence
+        token it first installs the fence: reading the log is taking it over
+        (what a writer acknowledged before is then guaranteed to be read)."""
         for kind, first, payloads in self.replay_batches(progress):
             seqs = itertools.repeat(first) if kind == SNAPSHOT else itertools.count(first)
             yield from map(_make_record, zip(seqs, itertools.repeat(kind), payloads))
