@@ -181,7 +181,49 @@ def test_removed_fence_file_counts_as_deposed(tmp_path: Path) -> None:
     a.close()
 
 
+def test_deposed_between_replay_and_open(tmp_path: Path) -> None:
+    a = fenced_log(tmp_path, "1 a")
+    assert list(a.replay()) == []
+    b, _ = take_over(tmp_path, "2 b")
+    with pytest.raises(FencedError):
+        a.check_fence()
+    with pytest.raises(FencedError):
+        a.open()
+    assert segment_names(tmp_path) == [segment_name(1)]  # b's; a created nothing
+    a.close()
+    append_durably(b, [("b", 0)])
+    b.close()
+    assert payloads(tmp_path) == [("b", 0)]
+
+
 # --------------------------------------------------------------------------- the deposed writer's last moves
+def test_batch_written_before_the_takeover_is_not_acknowledged_after_it(tmp_path: Path) -> None:
+    """Written and synced, then b takes over before a acknowledges: a's
+    check before acknowledging fails it. b read those records: whether an
+    unacknowledged record survives is open, an acknowledged one always does."""
+    box: dict[str, Any] = {}
+
+    def deposed_here(n: int) -> None:
+        if n == 2:
+            b = fenced_log(tmp_path, "2 b")
+            box["replayed"] = [tuple(r.payload) for r in b.replay()]
+            box["b"] = b
+
+    a, _ = take_over(tmp_path, "1 a", fsync="always", faults=Faults({"write.after_write": deposed_here}))
+    append_durably(a, [("a", 0)])
+    seq = a.append(("a", 1))
+    with pytest.raises(FencedError):
+        a.wait_durable_sync(seq, timeout=10)
+    assert a.durable_seq == 1
+    assert box["replayed"] == [("a", 0), ("a", 1)]
+    b = box["b"]
+    b.open()
+    append_durably(b, [("b", 0)])
+    a.close()
+    b.close()
+    assert payloads(tmp_path) == [("a", 0), ("a", 1), ("b", 0)]
+
+
 def test_late_batch_between_check_and_write_lands_past_the_boundary(tmp_path: Path) -> None:
     box: dict[str, Any] = {}
 
