@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -173,8 +174,9 @@ def test_joining_node_rebalances_without_losing_or_doubling(cluster):
 def test_paused_node_is_fenced_after_its_shards_move(cluster):
     """SIGSTOP a node past its lease TTL: the others take its shards; once
     SIGCONT'd it fires nothing more for them and its late writes are refused."""
+    from wheelsched.client import JobSpec
     from wheelsched.sharding import shard_of
-    from wheelsched.v1 import job_pb2, scheduler_pb2
+    from wheelsched.v1 import scheduler_pb2
 
     for _ in range(3):
         cluster.add_node()
@@ -189,6 +191,8 @@ def test_paused_node_is_fenced_after_its_shards_move(cluster):
         with Client(cluster.seeds, timeout=15) as c:
             ids = _schedule(c, 1500, delay=0.5, spread=7.0)
         time.sleep(1.5)
+        direct = Client(victim.target, timeout=15)
+        direct.status()  # the connection is up before the pause
         victim.pause()
         deadline = time.monotonic() + TTL + 15
         while True:  # its shards move to the two live nodes, under new epochs
@@ -199,15 +203,29 @@ def test_paused_node_is_fenced_after_its_shards_move(cluster):
             time.sleep(0.1)
         assert all(owners[s].epoch > before[s] for s in before)
         time.sleep(1.0)  # the new owners fire its jobs
+        # A write for a shard it lost, sent to the paused node, is handled as
+        # soon as it resumes — before it can rejoin the cluster and claim
+        # shards anew: it must be refused (its shard log is fenced, its lease
+        # is gone), never applied.
+        stale_id = next(f"late-{i}" for i in range(10_000) if shard_of(f"late-{i}", 16) in before)
+        outcome: list[BaseException | object] = []
+
+        def send_late_write() -> None:
+            spec = JobSpec(queue="q", id=stale_id, delay=1).to_proto()
+            try:
+                outcome.append(direct._call_at(victim.target, "scheduler", "ScheduleJob",
+                                               scheduler_pb2.ScheduleJobRequest(job=spec)))
+            except Exception as exc:
+                outcome.append(exc)
+
+        sender = threading.Thread(target=send_late_write)
+        sender.start()
+        time.sleep(0.5)  # the request waits in the paused node's socket
         resumed_at = time.monotonic()
         victim.resume()
-        # a write sent straight to the resumed node for a shard it lost is refused ...
-        stale_id = next(f"late-{i}" for i in range(10_000) if shard_of(f"late-{i}", 16) in before)
-        with Client(victim.target, timeout=5) as direct:
-            request = scheduler_pb2.ScheduleJobRequest(job=job_pb2.JobSpec(id=stale_id, queue="q"))
-            with pytest.raises(Exception) as refused:
-                direct._call_at(victim.target, "scheduler", "ScheduleJob", request)
-        assert type(refused.value).__name__ in ("NotOwner", "Unavailable")
+        sender.join(20)
+        direct.close()
+        assert outcome and type(outcome[0]).__name__ in ("NotOwner", "Unavailable"), outcome
         missing = rec.wait_for(ids, timeout=30)
         assert not missing
         # ... and never applied anywhere

@@ -139,7 +139,7 @@ def outcome(d: Path, impl: str, batches: bool = False) -> Any:
             got: Any = [(k, f, list(p)) for k, f, p in rec.batches()]
         else:
             got = list(rec.records())
-        return ("ok", got, rec.tail, rec.last_seq, rec.tail_end, rec.covered)
+        return ("ok", got, rec.tail, rec.last_seq, rec.tail_end, rec.covered, rec.past_boundary)
     except CorruptLogError as exc:
         return ("error", str(exc), exc.offset)
 
@@ -203,6 +203,60 @@ def test_damaged_segments_same_result_as_reference(
         compare_all(d, it, batches=True)
         seen.add(want[0] if want[0] == "error" else ("tail" if want[2] else "clean"))
     assert seen == {"clean", "tail", "error"}, seen  # every kind of outcome was exercised
+
+
+def late_tail(rng: random.Random, next_first: int) -> bytes:
+    """What can follow a segment's boundary: a deposed writer's late records
+    (seqs from the next segment's first on), torn, zeros, garbage."""
+    what = rng.randrange(5)
+    late = b"".join(frame(rtype, next_first + i, pack(p))
+                    for i, (rtype, p) in enumerate(random_records(rng, rng.randrange(1, 6))))
+    if what == 0:
+        return late
+    if what == 1:
+        return late[: rng.randrange(1, len(late))]
+    if what == 2:
+        return bytes(rng.randrange(1, 3000))
+    if what == 3:
+        return rng.randbytes(rng.randrange(1, 200))
+    return late + bytes(rng.randrange(1, 100))
+
+
+@needs_c
+def test_late_tails_same_result_as_reference(
+    tmp_path: Path, restore_impl: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The boundary rule in both walks: bytes after the record before the
+    next segment's first are ignored (and reported alike); damage before it
+    is still an error."""
+    rng = random.Random(17)
+    seen = set()
+    for it in range(200):
+        monkeypatch.setattr(decoder, "PROGRESS_EVERY", rng.choice([1, 2, 5, 100_000]))
+        d = tmp_path / f"d{it}"
+        d.mkdir()
+        n_segs = rng.choice([2, 2, 3, 4])
+        first = 1
+        files = []
+        for _ in range(n_segs):
+            recs = random_records(rng, rng.randrange(1, 30))
+            files.append((first, seg_bytes(first, recs)))
+            first += len(recs)
+        for i in range(n_segs - 1):
+            if rng.random() < 0.7:
+                f0, data = files[i]
+                files[i] = (f0, data + late_tail(rng, files[i + 1][0]))
+        if rng.random() < 0.3:  # and sometimes damage anywhere, before a boundary too
+            victim = rng.randrange(n_segs)
+            f0, data = files[victim]
+            hdr = len(encode_file_header(SEGMENT_MAGIC, f0, {"t": 1}))
+            files[victim] = (f0, damage(rng, data, hdr))
+        for f, data in files:
+            (d / segment_name(f)).write_bytes(data)
+        want = compare_all(d, it)
+        compare_all(d, it, batches=True)
+        seen.add("error" if want[0] == "error" else ("past boundary" if want[6] else "clean"))
+    assert seen == {"clean", "past boundary", "error"}, seen
 
 
 @needs_c

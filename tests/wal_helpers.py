@@ -8,6 +8,12 @@ order), opens it, then appends payloads ``[TAG, i]`` from 8 asyncio tasks
 and prints ``ACK <seq> <i>`` after each ``wait_durable`` returns. With
 SNAPSHOT_EVERY > 0 it snapshots the state every that many appends. With a
 fault point, the hook SIGKILLs the process at the FAULT_NTH hit of it.
+
+Fenced child (``python tests/wal_helpers.py fenced DIR FENCE TAG
+SEGMENT_BYTES [STOP_POINT STOP_NTH]``): the same appender on a log opened
+with fence FENCE (fsync always). The first ``FencedError`` makes it print
+``FENCED <type> <message>``, stop appending, close the log and exit 0.
+With a stop point, the process SIGSTOPs itself at the STOP_NTH hit of it.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -99,6 +106,20 @@ def kill_at(nth: int) -> Callable[[int], None]:
     return action
 
 
+def stop_at(nth: int) -> Callable[[int], None]:
+    """Freeze the process (SIGSTOP) at the nth hit: whoever sends SIGCONT
+    resumes it right there. Sent to the calling thread: a process-directed
+    SIGSTOP may be taken by another thread, and this one would run on into
+    its next system call before the stop reaches it."""
+
+    def action(n: int) -> None:
+        if n == nth:
+            sys.stdout.flush()
+            signal.pthread_kill(threading.get_ident(), signal.SIGSTOP)
+
+    return action
+
+
 def replay_all(directory: Path | str, **kw: Any) -> list[Any]:
     from wheelsched.wal import WriteAheadLog
 
@@ -169,6 +190,52 @@ def child_main(argv: list[str]) -> None:
     asyncio.run(main())
 
 
+def fenced_child_main(argv: list[str]) -> None:
+    import asyncio
+
+    from wheelsched.wal import FencedError, WALOptions, WriteAheadLog
+
+    directory, fence, tag, seg_bytes = argv[0], argv[1], argv[2], int(argv[3])
+    point = argv[4] if len(argv) > 4 else ""
+    nth = int(argv[5]) if len(argv) > 5 else 0
+    faults = Faults({point: stop_at(nth)}) if point else None
+    log = WriteAheadLog(directory, WALOptions(segment_bytes=seg_bytes, fsync="always"),
+                        meta={"tag": tag, "fence": fence}, fence=fence, _faults=faults)
+    replayed = sum(1 for _ in log.replay())
+    log.open()
+    out = sys.stdout
+    out.write(f"READY {replayed}\n")
+    out.flush()
+    counter = iter(range(10**9))
+    fenced: list[BaseException] = []
+
+    async def task() -> None:
+        while not fenced:
+            i = next(counter)
+            try:
+                seq = log.append((tag, i))
+                await log.wait_durable(seq)
+            except FencedError as exc:
+                if not fenced:
+                    fenced.append(exc)
+                    out.write(f"FENCED {type(exc).__name__} {exc}\n")
+                    out.flush()
+                return
+            out.write(f"ACK {seq} {i}\n")
+            out.flush()
+
+    async def main() -> None:
+        await asyncio.gather(*(task() for _ in range(8)))
+
+    asyncio.run(main())
+    log.close()
+    out.write(f"DONE fenced={log.fenced}\n")
+    out.flush()
+
+
 if __name__ == "__main__":
     sys.path.insert(0, str(HERE.parent.parent))
-    child_main(sys.argv[1:])
+    if sys.argv[1:2] == ["fenced"]:
+        fenced_child_main(sys.argv[2:])
+    else:
+        child_main(sys.argv[1:])

@@ -171,10 +171,9 @@ class Node:
         """Cluster mode: the log of a shard this node just claimed. The fence
         makes the previous owner's writer fail if it is still alive (paused
         past its lease, say), and a new segment keeps its late writes apart."""
-        import inspect  # TEMP until the fenced WAL lands
-        kw = {"fence": f"{epoch} {self.node_id}"} if "fence" in inspect.signature(WriteAheadLog).parameters else {}
         return WriteAheadLog(self._shard_dir(shard_id), self._wal_options,
-                             meta={"shard": shard_id, "epoch": epoch}, **kw)
+                             meta={"shard": shard_id, "epoch": epoch},
+                             fence=f"{epoch} {self.node_id}")
 
     # -- used by the servicers --------------------------------------------------
 

@@ -13,10 +13,16 @@ A log is one directory holding:
 ``<first-seq:016x>.wal``   segments, named by the sequence number of their
                            first record (16 lowercase hex digits)
 ``<covered-seq:016x>.snap``  snapshots, named by the last seq they cover
-``*.tmp``                  files being created; removed by recovery
+``*.tmp``                  files being created; removed by recovery (a fenced
+                           writer names them ``<name>.<pid>-<random>.tmp``)
 ``*.torn-<offset>``        bytes cut off a torn tail by recovery (kept for
                            forensics, never read again)
-``LOCK``                   flock'ed by the process that has the log open
+``LOCK``                   flock'ed by the process that has the log open:
+                           exclusively by a standalone writer, shared by a
+                           fenced one (so the two modes exclude each other,
+                           while a paused fenced writer never blocks a takeover)
+``FENCE``                  cluster mode: the fence token of the writer that
+                           owns the log (one line of text, e.g. "7 node-b")
 ``salvaged-<time>/``       what ``wheelsched wal salvage`` moved aside
 
 File header (segments and snapshots)::
@@ -58,20 +64,87 @@ Recovery (``replay()`` / ``open()``)
   record CRC, the trailer's count) and that the segments continue; segments
   whose records are all covered by it are stale and deleted by ``open()``.
 * Read the segments after it in order. Their headers must carry the seq in
-  their name and continue the previous segment exactly: a gap, an overlap, a
-  missing segment, a bad header or a bad record in any segment but the last
-  raises ``CorruptLogError`` naming the file and offset. Nothing is changed.
+  their name and continue the previous segment exactly: a gap, a missing
+  segment, a bad header or a bad record in any segment but the last raises
+  ``CorruptLogError`` naming the file and offset. Nothing is changed.
+* Boundary rule: when segment i+1 exists, segment i ends with the record
+  whose seq is first(i+1)-1; reading it stops there. Whatever follows in
+  the file (late records of a deposed writer, a torn tail that a takeover
+  left behind and its old writer maybe extended, zeros) is not part of the
+  log: it is ignored, never an error, counted (``Recovery.past_boundary``,
+  ``fenced_bytes``, ``fenced_records``) and listed by ``wheelsched wal
+  verify``. Everything before the boundary is checked as above. The rule
+  holds for every log, fenced or not: a roll ends segment i exactly at
+  first(i+1)-1 (fsynced before i+1 exists), so in a log no deposed writer
+  touched there is never anything past a boundary, and a reader (the CLI,
+  or a standalone open of a directory a cluster wrote) need not know how
+  the log was written.
 * In the last segment, a bad record (partial header, record running past the
   end of the file, zeroed header, checksum mismatch) is a *torn tail* if no
   CRC-valid record with a later seq follows it anywhere in the file: the
   process or machine died mid-write, or the file system extended the file
   with zeros. ``open()`` copies the cut bytes to ``<segment>.torn-<offset>``,
-  truncates the segment there and appends after it. A bad record followed by
+  truncates the segment there and appends after it (a fenced ``open()``
+  leaves it in place instead, see below). A bad record followed by
   a valid one is corruption (``CorruptLogError``). Like LevelDB and RocksDB's
   default mode this is a heuristic: a bit flip inside the very last record is
   indistinguishable from a torn write and is cut (the bytes are kept aside).
 * A snapshot is renamed into place only after the log was fsynced through
   the seq it covers, so a snapshot is never ahead of the log.
+
+Cluster mode: fencing (``WriteAheadLog(..., fence=token)``)
+===========================================================
+
+In a cluster, a lease decides which node writes a shard's log. A node can
+lose its lease without knowing (paused: SIGSTOP, GC, a stalled VM) and then
+resume with its writer running. The fence makes such a deposed writer
+harmless; the lease, not the fence, keeps two live writers apart.
+
+* Taking over (``replay()``, or ``open()`` without replay): write the token
+  to a temp file, fsync it, rename it over ``FENCE``, fsync the directory,
+  and only then list and read the log. No exclusive lock is taken.
+* Checking: a takeover always puts a new inode at ``FENCE``, so a writer
+  holds the fence while ``stat(FENCE).st_ino`` is the inode it installed
+  (it keeps that file open, so the number cannot be reused meanwhile). The
+  writer looks before each batch it writes, after writing and syncing a
+  batch and before acknowledging it, before linking a new segment into
+  place, before installing a snapshot and before deleting anything: two
+  ``stat`` calls per group-commit batch (a few microseconds), not per
+  record. ``check_fence()`` does it for the owner. Once deposed, the log fails with ``FencedError`` (a
+  ``LogFailedError``) for every pending and later append and wait, and
+  writes, installs and deletes nothing more.
+* Acknowledged records survive a takeover: a record is acknowledged only if
+  the fence was still the writer's after it was written and synced, i.e.
+  before the new fence existed, and the new owner reads the log after
+  installing its fence. Records a deposed writer wrote but did not
+  acknowledge may or may not be in the new owner's log (a failed append's
+  outcome is unknown).
+* A check and the write that follows are two system calls, so a writer
+  paused between them lands one more batch after the takeover. So a new
+  owner never writes to, truncates or replaces in place a segment an earlier
+  writer may have open: ``open()`` always starts a new segment at last+1,
+  which puts those late bytes past the old segment's boundary. A torn tail
+  is left in place (it is past the boundary as soon as the new segment
+  exists). If the last segment holds no record its name is the new
+  segment's: it is replaced by an atomic rename, and a deposed writer still
+  holding it writes to an unlinked file.
+* The same pause can come between a check and a directory change. A fenced
+  writer therefore prepares every file as a uniquely named temp file before
+  its check, links segments into place with ``link`` (which never replaces
+  a file), and a new owner removes the temp files it finds before creating
+  anything, then checks that no segment appeared or changed since it listed
+  the directory (if one did, ``open()`` raises and the caller replays
+  again). A deposed writer's roll can thus only fail, or come before the
+  new owner's listing or its check (and be seen). A late snapshot rename is
+  consistent with the log (it covers records every later owner read), and
+  the files a late deletion removes are covered by a snapshot for every
+  later owner too.
+* Whoever installed ``FENCE`` last owns the log; the file system cannot
+  compare tokens. A node paused between deciding to take over and its
+  rename can depose a newer owner; the log stays consistent (it reads after
+  its rename), and the caller confirms its lease after ``open()``.
+* All writers must see one coherent file system (one host, or shared storage
+  with POSIX rename and read-after-write semantics).
 
 Durability per ``fsync`` policy
 ===============================
@@ -94,19 +167,20 @@ Durability per ``fsync`` policy
 Whatever the policy, a failed ``write``/``fsync`` is fatal: the log refuses
 every pending and later append with ``LogFailedError`` (the ``OSError`` as
 its cause) and never retries; reopen and replay to continue. ``close()``
-writes and fsyncs everything queued.
+writes and fsyncs everything queued (a deposed log writes nothing).
 """
 
 from __future__ import annotations
 
 from .decoder import Record
-from .format import OP, SNAPSHOT, CorruptLogError, LogFailedError, WALError
+from .format import OP, SNAPSHOT, CorruptLogError, FencedError, LogFailedError, WALError
 from .log import WALOptions, WriteAheadLog
 
 __all__ = [
     "OP",
     "SNAPSHOT",
     "CorruptLogError",
+    "FencedError",
     "LogFailedError",
     "Record",
     "WALError",

@@ -2,6 +2,8 @@
 
 verify  exit 0: clean; 1: corrupt (the first problem is printed, nothing is
         changed); 3: a torn tail that opening the log would cut (recoverable).
+        Bytes past a segment's boundary (a deposed writer's late writes, see
+        the format spec) are listed as "fenced" and do not change the exit code.
 dump    one line per record: seq, kind, payload (JSON, bytes as base64).
 salvage keep the longest valid log, move everything else into
         ``salvaged-<time>/`` (explicit and destructive, so it is its own command).
@@ -55,6 +57,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
         f"{args.directory}: {len(rec.segments)} segment(s), last seq {rec.last_seq}{snap}, "
         f"{rec.records_done} records checked"
     )
+    for p in rec.past_boundary:
+        print(
+            f"fenced: {p.path}: offset {p.offset}: {p.size - p.offset} byte(s) past the segment's "
+            f"boundary ({p.records} CRC-valid record(s)), ignored"
+        )
     if rec.tail is not None:
         t = rec.tail
         print(

@@ -114,16 +114,33 @@ class Tail(NamedTuple):
     reason: str
 
 
+class PastBoundary(NamedTuple):
+    """Bytes of a segment after the record whose seq is one less than the
+    next segment's first (the boundary rule, see the package docstring):
+    late writes of a deposed writer, or a torn tail that is no longer the
+    log's. Ignored by replay, never an error; ``wheelsched wal verify``
+    reports them."""
+
+    path: Path
+    offset: int  # where the ignored bytes start (the end of the boundary record)
+    size: int  # file size (size - offset bytes are ignored)
+    records: int  # CRC-valid records back to back from offset (whatever their seqs)
+
+
 class DirLayout(NamedTuple):
     segments: list[tuple[int, Path]]  # (first seq from the name, path), sorted
     snapshots: list[tuple[int, Path]]  # (covered seq from the name, path), sorted
     temps: list[Path]  # leftovers of an interrupted create/rename
+    # segment file name -> inode when listed (a fenced open checks that no
+    # segment appeared or was replaced while it recovered)
+    segment_inodes: dict[str, int]
 
 
 def list_dir(directory: Path) -> DirLayout:
     segments: list[tuple[int, Path]] = []
     snapshots: list[tuple[int, Path]] = []
     temps: list[Path] = []
+    inodes: dict[str, int] = {}
     for entry in os.scandir(directory):
         if not entry.is_file():
             continue
@@ -132,11 +149,17 @@ def list_dir(directory: Path) -> DirLayout:
             temps.append(Path(entry.path))
         elif m := SEGMENT_RE.match(name):
             segments.append((int(m.group(1), 16), Path(entry.path)))
+            inodes[name] = entry.inode()
         elif m := SNAPSHOT_RE.match(name):
             snapshots.append((int(m.group(1), 16), Path(entry.path)))
     segments.sort()
     snapshots.sort()
-    return DirLayout(segments, snapshots, sorted(temps))
+    return DirLayout(segments, snapshots, sorted(temps), inodes)
+
+
+def segment_inodes(directory: Path) -> dict[str, int]:
+    """Segment file name -> inode, as listed now."""
+    return {e.name: e.inode() for e in os.scandir(directory) if SEGMENT_RE.match(e.name)}
 
 
 def read_file(path: Path) -> bytes:
@@ -189,6 +212,24 @@ def find_valid_record(data: bytes, start: int, min_seq: int) -> int | None:
             return p
         p += 1
     return None
+
+
+def count_frames(data: bytes | bytearray, start: int) -> int:
+    """CRC-valid records back to back from ``start`` (seqs are not checked):
+    how many records lie past a segment's boundary, for the report only."""
+    n = len(data)
+    mv = memoryview(data)
+    unpack = REC_HEADER.unpack_from
+    count = 0
+    off = start
+    while off + REC_HEADER_SIZE <= n:
+        crc, length, st = unpack(data, off)
+        end = off + REC_HEADER_SIZE + length
+        if st == 0 or end > n or crc32c(mv[off + 4 : end]) != crc:
+            break
+        count += 1
+        off = end
+    return count
 
 
 class _Scan:
@@ -483,7 +524,9 @@ class Recovery:
     replay used), ``stale_segments`` (wholly covered by the snapshot),
     ``stale_snapshots``, ``temps``, ``last_seq`` (last valid record),
     ``tail`` (a ``Tail`` to truncate, or None), ``tail_end`` (end of the
-    valid data in the last segment) and ``meta`` (of the last segment).
+    valid data in the last segment), ``meta`` (of the last segment) and
+    ``past_boundary`` (a ``PastBoundary`` per segment with bytes after its
+    boundary record; ``fenced_bytes``/``fenced_records`` add them up).
     Anything that cannot be recovered automatically raises CorruptLogError.
     """
 
@@ -504,6 +547,17 @@ class Recovery:
         self.records_done = 0
         self.complete = False
         self.snapshot_warnings: list[str] = []
+        self.past_boundary: list[PastBoundary] = []
+
+    @property
+    def fenced_bytes(self) -> int:
+        """Bytes ignored after segment boundaries (see ``PastBoundary``)."""
+        return sum(p.size - p.offset for p in self.past_boundary)
+
+    @property
+    def fenced_records(self) -> int:
+        """CRC-valid records among ``fenced_bytes``."""
+        return sum(p.records for p in self.past_boundary)
 
     # -- planning -------------------------------------------------------------
     def _choose_snapshot(
@@ -599,6 +653,12 @@ class Recovery:
         last_seq = covered
         for idx, (first, path) in enumerate(used):
             is_last = idx == len(used) - 1
+            # The boundary rule: a segment ends with the record just before
+            # the next segment's first; what follows it in the file is not
+            # the log's (a deposed writer's late batch, or a torn tail left
+            # behind by a takeover). Segment names are unique and sorted,
+            # so a segment that is not the last must hold >= 1 record.
+            boundary = None if is_last else used[idx + 1][0] - 1
             data = _read_for_scan(path) if decode else read_file(path)
             hdr = read_segment_header(path, data)
             if hdr.seq != first:
@@ -612,7 +672,12 @@ class Recovery:
             scan = _Scan(path, data, hdr.size, first)
             out: list[tuple[int, list[Any]]] | None = [] if decode else None
             while True:
-                n = scan_chunk(scan, out, covered, PROGRESS_EVERY)
+                limit = PROGRESS_EVERY
+                if boundary is not None:
+                    limit = min(limit, boundary + 1 - scan.expect)
+                    if limit <= 0:
+                        break  # the boundary record was read
+                n = scan_chunk(scan, out, covered, limit)
                 if out:
                     for first_seq, payloads in out:
                         yield OP, first_seq, payloads
@@ -632,6 +697,12 @@ class Recovery:
                         path, scan.offset, f"{scan.bad}; a valid record follows at offset {follow}"
                     )
                 self.tail = Tail(path, scan.offset, len(data), scan.bad)
+            elif boundary is not None and scan.expect > boundary and scan.offset < len(data):
+                # the scan stopped at the boundary; data from scan.offset on
+                # is untouched (the C walk compacts only what it has read)
+                self.past_boundary.append(
+                    PastBoundary(path, scan.offset, len(data), count_frames(data, scan.offset))
+                )
             expect = scan.expect
             last_seq = scan.expect - 1
             bytes_done += len(data)

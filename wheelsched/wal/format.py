@@ -50,6 +50,16 @@ class LogFailedError(WALError):
     status = Unavailable.status
 
 
+class FencedError(LogFailedError):
+    """Another writer took the log over (its token is in ``FENCE`` now): this
+    one was deposed. Every pending and later append and wait fails with it,
+    and the log writes, installs and deletes nothing more. Records this
+    writer acknowledged before are part of the new owner's log; records it
+    did not acknowledge may or may not be (the outcome of a failed append).
+    A subclass of ``LogFailedError``, so code that handles a failed log
+    handles a deposed one; the shard is someone else's now."""
+
+
 # --------------------------------------------------------------------------- kinds
 # Kinds reported to callers in ``Record.kind``.
 OP = 1
@@ -88,6 +98,9 @@ SNAPSHOT_MAGIC = b"WSSNP\x00\r\n"
 FORMAT_VERSION = 1
 FILE_HEADER = struct.Struct("<8sHHIQ")
 MAX_META = 1 << 20
+
+LOCK_NAME = "LOCK"  # flock'ed: exclusively by a standalone writer, shared by fenced ones
+FENCE_NAME = "FENCE"  # cluster mode: the current writer's fence token
 
 SEGMENT_SUFFIX = ".wal"
 SNAPSHOT_SUFFIX = ".snap"

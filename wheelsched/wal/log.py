@@ -15,6 +15,13 @@ A write or fsync error is fatal: after a failed fsync Linux may have dropped
 the dirty pages and cleared the error, so a retry could "succeed" without the
 data (the PostgreSQL fsync lesson). The log fails every pending and later
 append with ``LogFailedError``; the way back is to reopen and replay.
+
+Cluster mode (a fence token): the writer compares ``FENCE``'s inode with its
+own once before each batch it writes and once before it publishes what it
+wrote and synced, and before every segment it links into place, snapshot it
+installs and file it deletes. Once another writer has taken over, the log
+fails with ``FencedError`` (a ``LogFailedError``) and touches nothing more.
+The package docstring explains why this is enough.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import heapq
 import itertools
 import logging
 import os
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -39,9 +47,11 @@ import msgpack
 from crc32c import crc32c
 
 from . import repair
-from .decoder import Batch, ProgressFn, Record, Recovery, _make_record
+from .decoder import Batch, ProgressFn, Record, Recovery, _make_record, segment_inodes
 from .format import (
     CRC_STRUCT,
+    FENCE_NAME,
+    LOCK_NAME,
     SEGMENT_MAGIC,
     SEQ_BITS,
     SNAPSHOT,
@@ -52,6 +62,7 @@ from .format import (
     T_SNAPSHOT_MARKER,
     TAIL_STRUCT,
     TMP_SUFFIX,
+    FencedError,
     LogFailedError,
     WALError,
     encode_file_header,
@@ -113,6 +124,14 @@ class WriteAheadLog:
         log.open()
         seq = log.append(payload); await log.wait_durable(seq)
         log.close()
+
+    ``fence=None`` (standalone): the directory is flock'ed exclusively while
+    the log is in use. With a fence token (cluster mode, e.g. ``"<epoch>
+    <node>"``; the meta should carry the epoch too) there is no exclusive
+    lock: ``replay()`` (or ``open()`` when replay is skipped) first installs
+    the token as ``FENCE``, which deposes any previous writer, and ``open()``
+    appends in a new segment of its own. Mutual exclusion of live writers is
+    the caller's (e.g. a lease); the fence makes a writer that lost it harmless.
     """
 
     def __init__(
@@ -120,6 +139,7 @@ class WriteAheadLog:
         directory: str | os.PathLike[str],
         options: WALOptions | None = None,
         meta: Any = None,
+        fence: str | None = None,
         *,
         _faults: Any = None,
     ) -> None:
@@ -127,6 +147,16 @@ class WriteAheadLog:
         self.options = options or WALOptions()
         self.meta = meta
         pack(meta)  # fail now, not at the first roll, if meta cannot be encoded
+        if fence is not None and (not isinstance(fence, str) or not fence.strip() or "\n" in fence):
+            raise ValueError(f"fence must be a non-empty one-line string, not {fence!r}")
+        self.fence = fence
+        self._fence_path = os.fspath(self.directory / FENCE_NAME)
+        self._fence_fd = -1  # held open so the inode number cannot be reused while we compare it
+        self._fence_id: tuple[int, int] | None = None  # (st_ino, st_dev) of our FENCE, once installed
+        # Fenced writers name their temp files uniquely: two writers of one
+        # directory (a deposed one and its successor) must never open, write
+        # or rename the same temp file.
+        self._tmp_tag = "" if fence is None else f".{os.getpid()}-{secrets.token_hex(4)}"
         self._mode, self._interval = self.options.policy()
         # test-only fault injection: an object with .hit(point) that may raise
         # or kill the process; checked with one attribute test off the hot path
@@ -208,6 +238,12 @@ class WriteAheadLog:
     def failed(self) -> BaseException | None:
         return self._failed
 
+    @property
+    def fenced(self) -> bool:
+        """True once this writer saw that another one took the log over (it
+        looks when it writes, rolls, snapshots or ``check_fence()`` runs)."""
+        return isinstance(self._failed, FencedError)
+
     def __enter__(self) -> WriteAheadLog:
         if not self._opened:
             self.open()
@@ -220,26 +256,116 @@ class WriteAheadLog:
         if self._faults is not None:
             self._faults.hit(point)
 
-    # ------------------------------------------------------------------ recovery
-    def _lock_dir(self) -> None:
-        if self._lock_fd >= 0:
-            return
+    # ------------------------------------------------------------------ claiming the directory
+    def _claim(self) -> None:
+        """Make the directory ours before reading it: standalone, flock it;
+        fenced, install our fence (every earlier writer is deposed from here on)."""
+        if self.fence is None:
+            self._lock_dir()
+        else:
+            self._install_fence()
+
+    def _make_dir(self) -> None:
         created = not self.directory.exists()
         self.directory.mkdir(parents=True, exist_ok=True)
         if created:
             repair.fsync_dir(self.directory.parent)
-        fd = os.open(self.directory / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+
+    def _flock(self, how: int, refusal: str) -> None:
+        fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, how | fcntl.LOCK_NB)
         except OSError as exc:
             os.close(fd)
-            raise WALError(f"{self.directory}: log is in use by another process") from exc
+            raise WALError(f"{self.directory}: {refusal}") from exc
         self._lock_fd = fd
+
+    def _lock_dir(self) -> None:
+        if self._lock_fd >= 0:
+            return
+        self._make_dir()
+        self._flock(fcntl.LOCK_EX, "log is in use by another process")
+
+    def _install_fence(self) -> None:
+        """Write our token to a temp file, fsync it, rename it over FENCE and
+        fsync the directory. A takeover always renames a new file over FENCE,
+        so FENCE's inode tells whether we still hold it; we keep our file
+        open so that its inode number cannot be reused while we compare."""
+        if self._fence_fd >= 0:
+            return
+        self._make_dir()
+        # Shared, not exclusive: a paused fenced writer holding it does not
+        # block a takeover, but a standalone writer (exclusive) and fenced
+        # writers never use one directory at the same time.
+        self._flock(fcntl.LOCK_SH, "log is in use by a standalone (unfenced) writer")
+        assert self.fence is not None
+        tmp = self.directory / f"{FENCE_NAME}{self._tmp_tag}{TMP_SUFFIX}"
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            _write_fd(fd, f"{self.fence}\n".encode())
+            os.fsync(fd)
+            st = os.fstat(fd)
+            os.rename(tmp, self._fence_path)
+            self._hit("fence.after_rename")
+            repair.fsync_dir(self.directory)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        self._fence_fd = fd
+        self._fence_id = (st.st_ino, st.st_dev)
+
+    def _fence_held(self) -> bool:
+        try:
+            st = os.stat(self._fence_path)
+        except FileNotFoundError:
+            return False
+        return st.st_ino == self._fence_id[0] and st.st_dev == self._fence_id[1]  # type: ignore[index]
+
+    def _fence_held_or_unknown(self) -> bool:
+        try:
+            return self._fence_held()
+        except OSError:
+            return True
+
+    def _deposed(self) -> FencedError:
+        try:
+            holder = Path(self._fence_path).read_text().strip()
+        except OSError:
+            holder = ""
+        return FencedError(
+            f"write-ahead log {self.directory} was taken over "
+            f"({FENCE_NAME} holds {holder!r}, this writer's fence is {self.fence!r}): "
+            "this writer was deposed and writes nothing more"
+        )
+
+    def _require_fence(self) -> None:
+        """Raise FencedError (failing the log) unless FENCE is still ours."""
+        if self._fence_held():
+            return
+        err = self._deposed()
+        self._fail(err)
+        raise FencedError(str(err))  # a fresh instance per raise, as _failure()
+
+    def check_fence(self) -> None:
+        """Raise ``FencedError`` if another writer took the log over (one
+        ``stat``); the log then fails as if its writer had noticed. No-op
+        for a standalone log and before the fence is installed."""
+        if self._fence_id is None:
+            return
+        if isinstance(self._failed, FencedError):
+            raise self._failure()
+        self._require_fence()
+
+    # ------------------------------------------------------------------ recovery
 
     def replay(self, progress: ProgressFn | None = None) -> Iterator[Record]:
         """Yield the snapshot's items (kind SNAPSHOT, seq = the seq it covers),
         then every OP after it in seq order. Read-only: the repairs it finds
-        necessary (torn tail, temp files) are made by open()."""
+        necessary (torn tail, temp files) are made by open(). With a fence
+        token it first installs the fence: reading the log is taking it over
+        (what a writer acknowledged before is then guaranteed to be read)."""
         for kind, first, payloads in self.replay_batches(progress):
             seqs = itertools.repeat(first) if kind == SNAPSHOT else itertools.count(first)
             yield from map(_make_record, zip(seqs, itertools.repeat(kind), payloads))
@@ -252,23 +378,43 @@ class WriteAheadLog:
         seqs ``first_seq, first_seq + 1, ...``. Same checks, same errors."""
         if self._opened:
             raise WALError("replay() must be called before open()")
-        self._lock_dir()
+        self._claim()
         self._recovery = None
         rec = Recovery(self.directory)
         yield from rec.batches(decode=True, progress=progress)
         self._recovery = rec
 
     def open(self) -> None:
-        """Recover (if replay() did not run to the end) and start appending."""
+        """Recover (if replay() did not run to the end) and start appending.
+
+        Standalone: cut a torn tail and append to the last segment (a new one
+        when ``meta`` changed). Fenced: install the fence unless replay() did,
+        then always start a new segment (see ``_open_fenced``)."""
         if self._opened:
             raise WALError("log already opened")
-        self._lock_dir()
+        self._claim()
         rec = self._recovery
         if rec is None or not rec.complete:
             rec = Recovery(self.directory).run(decode=False)
         self._recovery = None
         for warning in rec.snapshot_warnings:
             log.warning("wal: ignoring snapshot: %s", warning)
+        if rec.past_boundary:
+            log.info("wal: ignoring %d byte(s) (%d record(s)) past segment boundaries in %s",
+                     rec.fenced_bytes, rec.fenced_records, self.directory)
+        if self.fence is None:
+            self._open_standalone(rec)
+        else:
+            self._open_fenced(rec)
+        self._snap_bytes = self._seg_size
+        self._next_fsync = time.monotonic() + self._interval
+        with self._qlock:
+            self._accepting = True
+        self._opened = True
+        self._writer = threading.Thread(target=self._writer_main, name="wal-writer", daemon=True)
+        self._writer.start()
+
+    def _open_standalone(self, rec: Recovery) -> None:
         if rec.temps:
             repair.remove_files(self.directory, rec.temps)
         if rec.tail is not None:
@@ -300,13 +446,63 @@ class WriteAheadLog:
                     self._roll(last + 1)  # new meta (e.g. a new epoch): new segment
         else:
             self._create_segment(last + 1)
-        self._snap_bytes = self._seg_size
-        self._next_fsync = time.monotonic() + self._interval
-        with self._qlock:
-            self._accepting = True
-        self._opened = True
-        self._writer = threading.Thread(target=self._writer_main, name="wal-writer", daemon=True)
-        self._writer.start()
+
+    def _open_fenced(self, rec: Recovery) -> None:
+        """Start appending in a new segment that no earlier writer ever had
+        open. The last segment may still be open in a deposed writer, which
+        can land one more batch in it after our fence (it checks, then
+        writes); a segment after it makes those bytes past its boundary, so
+        nothing of ours is ever written to, truncated in or replaced in a
+        file another writer may write. A torn tail is therefore left where
+        it is: once our segment exists it is past the boundary too."""
+        self._require_fence()  # deposed while recovering: change nothing
+        if rec.temps:
+            # Includes what a deposed writer prepared before our fence: with
+            # its temp files gone, nothing it renames or links later can land
+            # (it creates a temp file first and checks the fence after).
+            repair.remove_files(self.directory, rec.temps)
+        # Covered by the snapshot recovery chose; stale for every writer.
+        repair.remove_files(self.directory, rec.stale_segments + rec.stale_snapshots)
+        self._covered = rec.covered
+        self._segments = list(rec.segments)
+        last = rec.last_seq
+        self._last_seq = self._written_seq = self._durable_seq = self._synced_seq = last
+        self._pending_first = last + 1
+        self._snap_records = last - rec.covered
+        # The last segment holds no record: ours must take its name. Replace
+        # it atomically (rename); a deposed writer that still has it open
+        # then writes to an unlinked file, which no reader will ever see.
+        replace = bool(self._segments) and self._segments[-1][0] == last + 1
+        if replace:
+            self._segments.pop()
+        if rec.tail is not None:
+            if replace:
+                side = repair.keep_tail_aside(rec.tail)
+                kept = f"kept in {side.name}"
+            else:
+                kept = "left in place, past the boundary of the new segment"
+            log.warning("wal: torn tail in %s at offset %d (%s): %d bytes %s",
+                        rec.tail.path, rec.tail.offset, rec.tail.reason,
+                        rec.tail.size - rec.tail.offset, kept)
+        stale = {p.name for p in rec.stale_segments}
+        listed = {name: ino for name, ino in rec.layout.segment_inodes.items() if name not in stale}
+
+        def unchanged_since_recovery() -> None:
+            # A deposed writer may have renamed or linked a segment into
+            # place after we listed the directory (it passed its fence check
+            # just before our fence). Our replay did not see it: refuse, the
+            # caller replays again. Temp files are gone by now, so nothing
+            # of a deposed writer can appear after this check.
+            now = segment_inodes(self.directory)
+            if now != listed:
+                changed = sorted(set(now.items()) ^ set(listed.items()))
+                raise WALError(
+                    f"{self.directory}: segments changed while the log was recovered "
+                    f"({', '.join(name for name, _ in changed)}); a deposed writer was still "
+                    "active: replay and open again"
+                )
+
+        self._create_segment(last + 1, replace=replace, before_install=unchanged_since_recovery)
 
     # ------------------------------------------------------------------ appending
     def append(self, payload: Any) -> int:
@@ -365,7 +561,7 @@ class WriteAheadLog:
         """A fresh exception per raise (one instance raised in many threads
         would share and mangle its traceback)."""
         assert self._failed is not None
-        err = LogFailedError(str(self._failed))
+        err = type(self._failed)(str(self._failed))  # LogFailedError or FencedError
         err.__cause__ = self._failed.__cause__
         return err
 
@@ -451,6 +647,7 @@ class WriteAheadLog:
     def _writer_main(self) -> None:
         always = self._mode == "always"
         interval = self._mode == "interval"
+        fenced = self._fence_id is not None
         try:
             while True:
                 with self._qcv:
@@ -463,6 +660,8 @@ class WriteAheadLog:
                         self._writer_idle = True
                         self._qcv.wait(timeout)
                         self._writer_idle = False
+                    if self._failed is not None:
+                        return  # failed elsewhere (check_fence): write nothing more
                     batch = self._pending
                     first = self._pending_first
                     self._pending = []
@@ -471,6 +670,9 @@ class WriteAheadLog:
                     sync_req = self._sync_requests
                     self._sync_requests = 0
                 if batch:
+                    if fenced:
+                        self._require_fence()  # a deposed writer writes nothing
+                    self._hit("write.before_write")  # fence confirmed, nothing written yet
                     size = self._write_batch(batch, first)
                     n = len(batch)
                     self._written_seq = first + n - 1
@@ -495,6 +697,11 @@ class WriteAheadLog:
                 elif sync_req:
                     synced = self._written_seq
                 if batch or synced != self._synced_seq or sync_req:
+                    if fenced:
+                        # Acknowledge only what was written (and synced)
+                        # while the fence was ours: a takeover installs its
+                        # fence before it reads, so it reads all of it.
+                        self._require_fence()
                     self._publish(synced if always else self._written_seq, synced)
                 if closing:
                     with self._qlock:
@@ -552,6 +759,8 @@ class WriteAheadLog:
         return total
 
     def _roll(self, next_seq: int) -> None:
+        if self._fence_id is not None:
+            self._require_fence()
         # the finished segment must be complete on disk before a later one
         # exists: recovery treats a bad record in a non-last segment as
         # corruption, never as a torn tail
@@ -561,11 +770,15 @@ class WriteAheadLog:
         self._fd = -1
         self._create_segment(next_seq)
 
-    def _create_segment(self, first_seq: int) -> None:
+    def _create_segment(
+        self, first_seq: int, *, replace: bool = False,
+        before_install: Callable[[], None] | None = None,
+    ) -> None:
         path = self.directory / segment_name(first_seq)
-        tmp = path.with_name(path.name + TMP_SUFFIX)
+        tmp = path.with_name(path.name + self._tmp_tag + TMP_SUFFIX)
         header = encode_file_header(SEGMENT_MAGIC, first_seq, self.meta)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fenced = self._fence_id is not None
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | (os.O_EXCL if fenced else os.O_TRUNC), 0o644)
         try:
             view = memoryview(header)
             while view:
@@ -573,35 +786,78 @@ class WriteAheadLog:
             self._hit("roll.after_tmp_write")
             os.fsync(fd)
             self._hit("roll.after_tmp_fsync")
-            os.rename(tmp, path)
+            if fenced:
+                if before_install is not None:
+                    before_install()
+                self._install_segment_fenced(tmp, path, replace)
+            else:
+                os.rename(tmp, path)
             self._hit("roll.after_rename")
             repair.fsync_dir(self.directory)
             self._hit("roll.after_dirsync")
         except BaseException:
             os.close(fd)
+            if fenced:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
             raise
         self._fd = fd
         self._seg_size = self._seg_header = len(header)
         with self._seg_lock:
             self._segments.append((first_seq, path))
 
+    def _install_segment_fenced(self, tmp: Path, path: Path, replace: bool) -> None:
+        """Put a prepared segment in place, unless we were deposed. The temp
+        file exists before the check: a writer that passes the check and
+        stalls before linking has its temp file removed by the takeover's
+        open(), so the link fails instead of landing in the new owner's log.
+        ``os.link`` never replaces: a name that exists belongs to a writer
+        that took over after reading everything we wrote."""
+        self._require_fence()
+        self._hit("fence.before_install")
+        if replace:
+            os.rename(tmp, path)
+            return
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            self._require_fence()
+            raise
+        os.unlink(tmp)
+
     def _fail(self, exc: BaseException) -> None:
-        if isinstance(exc, OSError):
-            what = f"{exc.strerror or exc} ({type(exc).__name__}, errno {exc.errno})"
+        """Refuse every pending and later append; the first failure sticks."""
+        if isinstance(exc, FencedError):
+            err: LogFailedError = exc
+        elif self._fence_id is not None and not self._fence_held_or_unknown():
+            # e.g. our roll's temp file was removed by the takeover: that
+            # is being deposed, not a broken disk
+            err = self._deposed()
+            err.__cause__ = exc
         else:
-            what = f"{type(exc).__name__}: {exc}"
-        err = LogFailedError(
-            f"write-ahead log {self.directory} failed and refuses appends: {what}; "
-            "reopen and replay to continue"
-        )
-        err.__cause__ = exc
-        log.error("wal: %s", err)
+            if isinstance(exc, OSError):
+                what = f"{exc.strerror or exc} ({type(exc).__name__}, errno {exc.errno})"
+            else:
+                what = f"{type(exc).__name__}: {exc}"
+            err = LogFailedError(
+                f"write-ahead log {self.directory} failed and refuses appends: {what}; "
+                "reopen and replay to continue"
+            )
+            err.__cause__ = exc
         with self._qlock:
-            self._failed = err
-            self._accepting = False
-            self._refusal = self._failure
-            self._pending = []
+            first = self._failed is None
+            if first:
+                self._failed = err
+                self._accepting = False
+                self._refusal = self._failure
+                self._pending = []
             self._qcv.notify_all()
+        if not first:
+            return
+        if isinstance(err, FencedError):
+            log.warning("wal: %s", err)
+        else:
+            log.error("wal: %s", err)
         self._publish(self._durable_seq, self._synced_seq)
 
     # ------------------------------------------------------------------ snapshots
@@ -638,6 +894,8 @@ class WriteAheadLog:
         err = self._snap_error
         if err is not None:
             self._snap_error = None
+            if isinstance(err, FencedError):
+                raise FencedError(str(err)) from err
             raise WALError(f"snapshot failed: {err}") from err
         return True
 
@@ -654,7 +912,8 @@ class WriteAheadLog:
 
     def _snapshot_main(self, records: Iterable[Any], covered: int) -> None:
         path = self.directory / snapshot_name(covered)
-        tmp = path.with_name(path.name + TMP_SUFFIX)
+        tmp = path.with_name(path.name + self._tmp_tag + TMP_SUFFIX)
+        fenced = self._fence_id is not None
         started = time.perf_counter()
         count = 0
         try:
@@ -686,6 +945,9 @@ class WriteAheadLog:
                 self._hit("snapshot.after_fsync")
             finally:
                 os.close(fd)
+            if fenced:
+                self._require_fence()  # a deposed writer's snapshot is never installed
+                self._hit("fence.before_snapshot_rename")
             os.rename(tmp, path)
             self._hit("snapshot.after_rename")
             repair.fsync_dir(self.directory)
@@ -694,6 +956,8 @@ class WriteAheadLog:
             self.wait_durable_sync(marker)
             self._hit("snapshot.after_marker")
             self._covered = covered
+            if fenced:
+                self._require_fence()  # a deposed writer deletes nothing
             with self._seg_lock:
                 segs = self._segments
                 drop = 0
@@ -704,6 +968,8 @@ class WriteAheadLog:
             self._hit("snapshot.before_delete_segments")
             repair.remove_files(self.directory, stale)
             self._hit("snapshot.after_delete_segments")
+            if fenced:
+                self._require_fence()
             old = [
                 self.directory / e.name
                 for e in os.scandir(self.directory)
@@ -774,6 +1040,9 @@ class WriteAheadLog:
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
+        if self._fence_fd >= 0:
+            os.close(self._fence_fd)
+            self._fence_fd = -1
         self._closed = True
 
 

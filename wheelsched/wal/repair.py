@@ -80,15 +80,23 @@ def remove_files(directory: Path, paths: list[Path]) -> None:
     fsync_dir(directory)
 
 
-def truncate_tail(tail: Tail) -> Path:
-    """Cut ``tail`` off its segment, keeping the cut bytes in a side file
-    first (the side file is fsynced before the segment is touched, so the
-    bytes survive whatever happens next). Returns the side file's path."""
+def keep_tail_aside(tail: Tail) -> Path:
+    """Copy the bytes of ``tail`` into ``<segment>.torn-<offset>`` (fsynced)
+    without touching the segment. Returns the side file's path."""
     side = tail.path.with_name(f"{tail.path.name}.torn-{tail.offset}")
     with open(tail.path, "rb") as f:
         f.seek(tail.offset)
         cut = f.read()
     write_file_durably(side, cut)
+    fsync_dir(tail.path.parent)
+    return side
+
+
+def truncate_tail(tail: Tail) -> Path:
+    """Cut ``tail`` off its segment, keeping the cut bytes in a side file
+    first (the side file is fsynced before the segment is touched, so the
+    bytes survive whatever happens next). Returns the side file's path."""
+    side = keep_tail_aside(tail)
     fd = os.open(tail.path, os.O_WRONLY)
     try:
         os.ftruncate(fd, tail.offset)
@@ -112,6 +120,9 @@ def salvage(directory: str | os.PathLike[str]) -> dict[str, Any]:
     Records after a gap are not re-inserted: the engine's state after a lost
     operation is not what those later operations were applied to, so an
     operator must decide what to do with them.
+
+    Bytes past a segment's boundary (the boundary rule) are not part of the
+    log and not a problem: they stay where they are, as replay ignores them.
     """
     directory = Path(directory)
     layout = list_dir(directory)
@@ -144,7 +155,9 @@ def salvage(directory: str | os.PathLike[str]) -> dict[str, Any]:
     keep_upto: tuple[Path, int] | None = None  # (segment, offset) where the valid log ends
     stray: list[tuple[int, int, Any]] = []
     broken = False
-    for first, path in segments:
+    for idx, (first, path) in enumerate(segments):
+        # the boundary rule: read a segment only up to the seq before the next one's first
+        limit = segments[idx + 1][0] - first if idx + 1 < len(segments) else 1 << 62
         if broken:
             to_move.append(path)
             stray.extend(_readable_records(path))
@@ -166,8 +179,8 @@ def salvage(directory: str | os.PathLike[str]) -> dict[str, Any]:
             continue
         scan = _Scan(path, data, hdr.size, first)
         try:
-            while scan.bad is None and scan.offset < scan.end:
-                scan_chunk(scan, None, 0, 1 << 30)
+            while scan.bad is None and scan.offset < scan.end and scan.expect < first + limit:
+                scan_chunk(scan, None, 0, min(1 << 30, first + limit - scan.expect))
         except CorruptLogError as exc:  # a valid record with the wrong seq
             scan.bad = exc.reason
         if scan.bad is not None:
