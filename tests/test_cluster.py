@@ -191,7 +191,8 @@ def test_paused_node_is_fenced_after_its_shards_move(cluster):
         with Client(cluster.seeds, timeout=15) as c:
             ids = _schedule(c, 1500, delay=0.5, spread=7.0)
         time.sleep(1.5)
-        direct = Client(victim.target, timeout=15)
+        # no transparent retries: the test wants the node's own first answer
+        direct = Client(victim.target, timeout=15, channel_options=[("grpc.enable_retries", 0)])
         direct.status()  # the connection is up before the pause
         victim.pause()
         deadline = time.monotonic() + TTL + 15

@@ -32,10 +32,17 @@ SHARD_KEY = "wheelsched-shard"
 EPOCH_KEY = "wheelsched-epoch"
 
 
+# A negative retry pushback tells a gRPC client not to retry this answer
+# itself (our channels retry UNAVAILABLE): a redirect must reach the caller
+# at once, not after retries at the same node.
+NO_RETRY = ("grpc-retry-pushback-ms", "-1")
+
+
 def redirect_metadata(exc: BaseException) -> tuple[tuple[str, str], ...]:
     """Trailing metadata that turns an error into a redirect (empty if it is not one)."""
     if isinstance(exc, errors.NotOwner):
-        return ((SHARD_KEY, str(exc.shard)), (OWNER_KEY, exc.owner), (EPOCH_KEY, str(exc.epoch)))
+        return ((SHARD_KEY, str(exc.shard)), (OWNER_KEY, exc.owner), (EPOCH_KEY, str(exc.epoch)),
+                NO_RETRY)
     return ()
 
 
