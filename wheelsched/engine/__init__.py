@@ -1,9 +1,11 @@
 """The scheduling engine: job model, shards and the apply function, the
 rules of a job's life. No I/O of its own (clock, log, randomness passed in)."""
 
+from wheelsched.engine.deps import DependencyPolicy
 from wheelsched.engine.engine import (
     AckItem,
     Delivery,
+    DependencyInfo,
     Engine,
     EngineConfig,
     Extension,
@@ -31,6 +33,8 @@ __all__ = [
     "AckItem",
     "Defaults",
     "Delivery",
+    "DependencyInfo",
+    "DependencyPolicy",
     "Engine",
     "EngineConfig",
     "Extension",

@@ -22,6 +22,12 @@ Epochs: each recovery starts a new epoch per shard (``EPOCH`` op, durable
 before the node serves). Leases from an older epoch are released at once
 (the job is due again, the lost attempt counted), and acks quoting an older
 epoch are refused — so (job id, attempt, epoch) names one delivery.
+
+Dependencies (``wheelsched.engine.deps`` has the rules and the design): a
+state change of a job that others wait for queues its id in ``_changed``;
+``_settle`` then writes each waiting dependent's RESOLVE (or cancel) to the
+dependent's shard, in the same call, before its ops are flushed. Jobs nobody
+waits for cost one dict test per state change.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from wheelsched import cron
+from wheelsched.engine.deps import CANCEL, check_after, find_cycle
 from wheelsched.engine.model import (
     FINAL_STATES,
     STATUS_START,
@@ -52,7 +59,7 @@ from wheelsched.engine.model import (
     replace,
     spec_of,
 )
-from wheelsched.engine.shard import DISPATCH, EPOCH, SCHEDULE, UPDATE, Shard
+from wheelsched.engine.shard import DISPATCH, EPOCH, REOPEN, RESOLVE, SCHEDULE, UPDATE, Shard
 from wheelsched.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -70,6 +77,8 @@ _DISPATCHED = int(JobState.DISPATCHED)
 _SUCCEEDED = int(JobState.SUCCEEDED)
 _DEAD = int(JobState.DEAD)
 _CANCELLED = int(JobState.CANCELLED)
+_WAITING = int(JobState.WAITING)
+_FINAL = frozenset(int(s) for s in FINAL_STATES)
 _CRON = int(ScheduleKind.CRON)
 # Where each status field sits in an UPDATE op ([UPDATE, job_id, *status]).
 _OP_INDEX = {name: 2 + i for i, name in enumerate(Job._fields[STATUS_START:])}
@@ -129,6 +138,15 @@ class ItemResult(NamedTuple):
     attempt: int
     error: WheelschedError | None
     lease_deadline_us: int = 0
+
+
+class DependencyInfo(NamedTuple):
+    """A job's dependencies as reads show them."""
+
+    after: tuple[str, ...]  # as submitted
+    policy: int  # DependencyPolicy; 0 when the job has no dependencies
+    open: list[str]  # not resolved yet (sorted)
+    dependents: list[str]  # jobs still waiting for this one (sorted)
 
 
 class Delivery(NamedTuple):
@@ -224,6 +242,12 @@ class Engine:
         # jobs (or cron executions) that went DEAD since take_dead(), and a few of their ids
         self.dead_recent = 0
         self.dead_examples: list[str] = []
+        # Dependencies: the attached shards that hold jobs with dependencies
+        # (each has its reverse index, Shard.links; empty when no job has any,
+        # so the others pay one test), and ids of jobs whose state changed
+        # while others wait for them (see _settle).
+        self._linked: list[Shard] = []
+        self._changed: list[str] = []
 
     def _qrow(self, queue: str) -> list[int]:
         """The per-queue counter row (created on first use; capped)."""
@@ -270,6 +294,7 @@ class Engine:
         for shard in shards:
             stats.released_leases += self._attach(shard, shard.epoch + 1, "lease lost: node restarted")
             shard.firing = True  # the node serves only once ``waits`` are durable
+        self._recheck_dependencies()
         self._flush(waits)
         stats.seconds = (self.clock() - start) / US
         return stats, waits
@@ -319,6 +344,7 @@ class Engine:
         if epoch <= 0:
             raise InvalidArgument("epoch", "must be positive")
         released = self._attach(shard, epoch, "lease lost: shard changed owner")
+        self._recheck_dependencies()
         waits: Waits = {}
         self._flush(waits)
         return released, waits
@@ -329,6 +355,8 @@ class Engine:
         self._by_id[shard.id] = shard
         self.shards.append(shard)
         self.shards.sort(key=lambda s: s.id)
+        if shard.deps:
+            self._note_linked(shard)
         self._begin_epoch(shard, epoch)
         return self._release_leases(shard, reason)
 
@@ -359,6 +387,8 @@ class Engine:
             return None
         self._by_id[shard_id] = None
         self.shards.remove(shard)
+        if shard in self._linked:
+            self._linked.remove(shard)
         self._unlogged.pop(shard, None)
         owner = self._lease_owner
         for key in [k for k in owner if k[0] == shard_id]:
@@ -401,6 +431,8 @@ class Engine:
             ops.append(op)
 
     def _flush(self, waits: Waits | None = None) -> None:
+        if self._changed:
+            self._settle(self.clock(), fire=False)
         if not self._unlogged:
             return
         unlogged, self._unlogged = self._unlogged, {}
@@ -444,6 +476,8 @@ class Engine:
         new: dict[str, tuple[Shard, Job]] = {}
         added: dict[Shard, int] = {}
         defaults = self.config.defaults
+        # new jobs with dependencies: id -> (request index, after, policy)
+        graph: dict[str, tuple[int, tuple[str, ...], int]] = {}
         for i, req in enumerate(requests):
             try:
                 if not isinstance(req, JobRequest):
@@ -454,15 +488,25 @@ class Engine:
                 shard = self._writable_shard(req.id)
                 job = build_job(req, now_us=now, num=shard.next_num + added.get(shard, 0),
                                 limits=limits, defaults=defaults, check_id=False)
+                after, policy = (), 0
+                if req.after or req.on_dependency_failure:
+                    after, policy = check_after(req.after, req.on_dependency_failure, job.id, limits)
             except WheelschedError as exc:
                 if len(requests) == 1:
                     raise
                 raise _in_batch(exc, i) from None
             existing = shard.jobs.get(job.id)
+            existing_deps = None
             if existing is None and job.id in new:
                 existing = new[job.id][1]
+                if job.id in graph:
+                    existing_deps = graph[job.id][1:]
+            elif existing is not None and shard.deps:
+                deps = shard.deps.get(job.id)
+                if deps is not None:
+                    existing_deps = (deps.after, deps.policy)
             if existing is not None:
-                if spec_of(existing) != spec_of(job):
+                if spec_of(existing) != spec_of(job) or existing_deps != ((after, policy) if after else None):
                     where = "job" if len(requests) == 1 else f"jobs[{i}]"
                     raise AlreadyExists(f"{where}.id: job {job.id!r} exists with a different spec")
                 # The existing job's own op may not be durable yet: wait for the log's tip.
@@ -475,12 +519,18 @@ class Engine:
                         f"{limits.max_pending_per_shard}")
                 added[shard] = count
                 new[job.id] = (shard, job)
+                if after:
+                    graph[job.id] = (i, after, policy)
             picked.append((shard, job.id))
+        dep_ops = self._dependency_ops(graph, new, len(requests) == 1) if graph else {}
         # Everything is valid: write, one log call per shard.
         by_shard: dict[Shard, list[list]] = {}
         rows = self.queue_counters
         for shard, job in new.values():
-            by_shard.setdefault(shard, []).append([SCHEDULE, job])
+            op = dep_ops.get(job.id) if dep_ops else None
+            if op is not None:
+                self._note_linked(shard)
+            by_shard.setdefault(shard, []).append(op or [SCHEDULE, job])
             (rows.get(job.queue) or self._qrow(job.queue))[_Q_SCHEDULED] += 1
         for shard, ops in by_shard.items():
             seq = shard.log.append_many(ops)
@@ -490,7 +540,78 @@ class Engine:
             if shard.log.snapshot_due():
                 shard.log.snapshot(shard.snapshot_records())
         self.counters["scheduled"] += len(new)
+        if self._changed:  # dependencies that had already failed: their policy, now
+            self._flush(waits)
         return [shard.jobs[job_id] for shard, job_id in picked], waits
+
+    def _dependency_ops(self, graph: dict[str, tuple[int, tuple[str, ...], int]],
+                        new: dict[str, tuple[Shard, Job]], single: bool) -> dict[str, list]:
+        """Check the dependencies of a batch's new jobs against the batch and
+        the existing jobs (unknown ids, cycles), and build their SCHEDULE ops.
+        Raises before anything is written. Dependencies that already ended
+        badly are queued in ``_changed``: their policy applies once written."""
+        def where(i: int) -> str:
+            return "job" if single else f"jobs[{i}]"
+
+        ops: dict[str, list] = {}
+        failed: set[str] = set()
+        for job_id, (i, after, policy) in graph.items():
+            open_ids: list[str] = []
+            seen: dict[str, int] = {}
+            for k, dep_id in enumerate(after):
+                dep = new[dep_id][1] if dep_id in new else self._find(dep_id)
+                if dep is None and self._by_id[shard_of(dep_id, self.config.shard_count)] is None:
+                    raise FailedPrecondition(
+                        f"{where(i)}.after[{k}]: job {dep_id!r} is on a shard another node owns; "
+                        "dependencies across nodes are not supported yet (a shared {tag} in the "
+                        "ids keeps related jobs on one shard)")
+                if dep is None:
+                    raise InvalidArgument(f"{where(i)}.after[{k}]", f"unknown job {dep_id!r} (neither "
+                                          "in this batch nor an existing job)")
+                state = dep.state
+                if state == _SUCCEEDED:
+                    continue  # resolved at submission
+                if dep.kind == _CRON:
+                    seen[dep_id] = dep.executions  # only later successes count
+                if state in (_DEAD, _CANCELLED):
+                    failed.add(dep_id)
+                open_ids.append(dep_id)
+            shard, job = new[job_id]
+            if open_ids:
+                job = replace(job, state=_WAITING)
+                new[job_id] = (shard, job)
+            ops[job_id] = [SCHEDULE, job, [policy, list(after),
+                                           None if len(open_ids) == len(after) else open_ids,
+                                           seen or None]]
+        cycle = find_cycle({job_id: after for job_id, (_, after, _) in graph.items()})
+        if cycle is not None:
+            raise InvalidArgument(f"{where(graph[cycle[0]][0])}.after",
+                                  "dependency cycle: " + " -> ".join(map(repr, cycle)))
+        self._changed.extend(failed)
+        return ops
+
+    def _find(self, job_id: str) -> Job | None:
+        """A job of a shard this node owns (None: unknown, or not owned here)."""
+        shard = self._by_id[shard_of(job_id, self.config.shard_count)]
+        return None if shard is None else shard.jobs.get(job_id)
+
+    def _waited_for(self, job_id: str) -> bool:
+        return any(job_id in shard.links for shard in self._linked)
+
+    def _note_linked(self, shard: Shard) -> None:
+        if shard not in self._linked:
+            self._linked.append(shard)
+
+    def _recheck_dependencies(self) -> None:
+        """Re-derive what a crash (or a hand-over) may have lost between a
+        dependency's end, in its shard's log, and its dependents' RESOLVE, in
+        theirs: every open dependency is checked against its current state
+        at the next ``_flush`` (see deps)."""
+        open_deps: set[str] = set()
+        for shard in self._linked:
+            for deps in shard.deps.values():
+                open_deps.update(deps.open)
+        self._changed.extend(open_deps)
 
     def cancel(self, job_id: str) -> tuple[Job, Waits]:
         check_job_id(job_id, self.config.limits)
@@ -538,6 +659,8 @@ class Engine:
         for name, value in status.items():
             op[_OP_INDEX[name]] = value
         self._write(shard, op)
+        if self._linked and self._waited_for(job.id):
+            self._changed.append(job.id)
 
     # ------------------------------------------------------------------ reads
 
@@ -662,6 +785,8 @@ class Engine:
             return 0
 
         results = self._each_lease(items, settle)
+        if self._changed:  # dependents this made due are dispatched in this call
+            self._settle(now, fire=True)
         self._dispatch()
         waits: Waits = {}
         self._flush(waits)
@@ -739,8 +864,28 @@ class Engine:
         (the execution ran long), it fires at once and the misfire policy is
         applied then, in ``_late_cron`` — the one place misfires are decided."""
         occurrence = cron.next_after(job.cron_expr, job.time_zone, job.fire_us)
+        deps = shard.deps.get(job.id) if shard.deps else None
+        if deps is not None and deps.seen:
+            reopened = deps.reopen_ids()
+            if reopened:  # it waits for new successes of recurring dependencies (see deps)
+                self._reopen(shard, job, reopened, state=_WAITING, attempt=0, next_us=occurrence,
+                             fire_us=occurrence, **status)
+                return
         self._update(shard, job, state=_SCHEDULED, attempt=0, next_us=occurrence,
                      fire_us=occurrence, **status)
+
+    def _reopen(self, shard: Shard, job: Job, reopened: set[str], **status: Any) -> None:
+        """Log and apply REOPEN: like ``_update``, and the recurring
+        dependencies open again; those that succeeded meanwhile resolve now."""
+        if job.state == _DISPATCHED:
+            self._end_lease(shard.id, job.id)
+        op = [REOPEN, job.id, *job[STATUS_START:]]
+        for name, value in status.items():
+            op[_OP_INDEX[name]] = value
+        self._write(shard, op)
+        self._changed.extend(reopened)
+        if self._waited_for(job.id):
+            self._changed.append(job.id)
 
     # ------------------------------------------------------------------ time
 
@@ -797,13 +942,93 @@ class Engine:
                     self.counters["lease_expired"] += 1
                     self._fail(shard, job, now, "lease expired", True)
                 else:
+                    if self._linked and self._waited_for(job.id):
+                        # Resolve its waiting dependents first (only a crash
+                        # can have left any; recovery resolves them too).
+                        self._changed.append(job.id)
+                        self._settle(now, fire=False)
                     self.counters["purged"] += 1
                     shard.purge(job)
         self.counters["fired"] += fired_total
+        if self._changed:  # e.g. a lease ran out for the last time: DEAD
+            self._settle(now, fire=True)
         if ready:
             self._dispatch()
         self._flush()
         return fired_total
+
+    # -- dependencies (wheelsched.engine.deps) -------------------------------------
+
+    def _settle(self, now: int, fire: bool) -> None:
+        """Resolve the waiting dependents of every job in ``_changed``: a
+        RESOLVE to each dependent's shard (routed by its id: in cluster mode
+        the one place that becomes a message to another node), or, for a
+        failed dependency under CANCEL, the dependent's cancel, whose own
+        dependents are then settled the same way (a work list, not recursion:
+        chains can be long). With ``fire``, dependents that became due go
+        straight to the ready queues, for the caller's ``_dispatch``."""
+        changed = self._changed
+        threshold = self.config.misfire_threshold_us
+        while changed:
+            dep_id = changed.pop()
+            waiters = [(shard, job_id) for shard in self._linked
+                       for job_id in shard.links.get(dep_id, ())]
+            if not waiters:
+                continue
+            dep = self._find(dep_id)
+            if dep is None:
+                continue  # unknown after a crash cut its batch, or not owned here: stays open
+            outcome, count = dep.state, 0
+            if outcome in _FINAL:
+                pass
+            elif dep.kind == _CRON and dep.executions:
+                outcome, count = _SUCCEEDED, dep.executions
+            else:
+                continue  # not resolved by this change
+            for shard, job_id in waiters:
+                deps = shard.deps[job_id]
+                if count and count <= deps.seen.get(dep_id, 0):
+                    continue  # this success was consumed by an earlier execution
+                job = shard.jobs[job_id]
+                if outcome != _SUCCEEDED and deps.policy == CANCEL:
+                    reason = f"dependency {dep_id!r} ended {JobState(outcome).name}"
+                    if dep.last_error:
+                        reason += f": {dep.last_error}"
+                    self._update(shard, job, state=_CANCELLED, next_us=0, finished_us=now,
+                                 last_error=reason[:1024])
+                    self.counters["cancelled"] += 1
+                    self._qrow(job.queue)[_Q_CANCELLED] += 1
+                    continue
+                self._write(shard, [RESOLVE, job_id, dep_id, outcome, count])
+                if fire:
+                    job = shard.jobs[job_id]
+                    if (job.state == _SCHEDULED and job.next_us <= now
+                            and not (job.kind == _CRON and now - job.next_us > threshold)):
+                        self._make_ready(shard, job)
+
+    def _make_ready(self, shard: Shard, job: Job) -> None:
+        """A job that is due now goes to its ready queue without waiting for
+        the next tick (its timer is cancelled), as ``tick`` would put it."""
+        shard.wheel.cancel(job.num)
+        heap = self._ready.get(job.queue)
+        if heap is None:
+            heap = self._ready[job.queue] = []
+        self._ready_seq += 1
+        heapq.heappush(heap, (-job.priority, job.next_us, self._ready_seq, shard.id, job.num))
+        shard.ready.add(job.num)
+        self.counters["fired"] += 1
+        self._qrow(job.queue)[_Q_FIRED] += 1
+
+    def dependency_info(self, job: Job, shard: Shard, dependents: bool = True) -> DependencyInfo | None:
+        """What ``job`` waits for and (with ``dependents``) who waits for it;
+        None when neither applies."""
+        deps = shard.deps.get(job.id) if shard.deps else None
+        waiting = [w for s in self._linked for w in s.links.get(job.id, ())] if dependents else None
+        if deps is None and not waiting:
+            return None
+        if deps is None:
+            return DependencyInfo((), 0, [], sorted(waiting or ()))
+        return DependencyInfo(deps.after, deps.policy, sorted(deps.open), sorted(waiting or ()))
 
     def _late_cron(self, shard: Shard, job: Job, now: int) -> Job:
         """A cron occurrence fires later than the misfire threshold: apply

@@ -36,6 +36,8 @@ class JobState(enum.IntEnum):
     SUCCEEDED = 3
     DEAD = 4
     CANCELLED = 5
+    # Has dependencies that have not all resolved yet (wheelsched.engine.deps).
+    WAITING = 6
 
 
 FINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED})
@@ -136,6 +138,7 @@ class Limits:
     min_lease_us: int = 100_000  # 100 ms: shorter leases cannot be honoured across a network
     max_lease_us: int = 86_400 * US
     max_in_flight: int = 10_000
+    max_dependencies: int = 10_000  # ids in one job's ``after``
     # Due times beyond this are almost certainly unit mistakes (ms for s).
     max_due_us: int = 253_402_300_799 * US  # 9999-12-31T23:59:59Z
 
@@ -179,6 +182,10 @@ class JobRequest(NamedTuple):
     max_doublings: int | None = None
     jitter: float | None = None
     lease_us: int | None = None
+    # Dependencies (wheelsched.engine.deps): ids of the jobs this one runs
+    # after, and what a DEAD or CANCELLED dependency does (0 = CANCEL).
+    after: tuple[str, ...] = ()
+    on_dependency_failure: int = 0
 
 
 _QUEUE_RE = re.compile(r"[A-Za-z0-9._:\-]+")

@@ -12,14 +12,20 @@ Ops (first element is the code):
   [UPDATE, job_id, *status]                replace the job's status fields
   [DISPATCH, [[job_id, attempt, lease_deadline_us], ...]]   leases, in a batch
   [EPOCH, epoch]                           a new term of this shard begins
+  [SCHEDULE, job, [policy, after, open, seen]]   a new job with dependencies
+  [RESOLVE, dependent, dependency, outcome, count]   one dependency resolved
+  [REOPEN, job_id, *status]                a recurring dependent waits again
+
+(the last three: see wheelsched.engine.deps)
 
 Snapshot records: first a header map {"shard", "epoch", "next_num"}, then one
-Job tuple per job.
+Job tuple per job, then one map per job with dependencies
+(``Dependencies.to_record``).
 
 Timers: each job has one shard-local integer ``num`` and at most one timer in
 the wheel under that id, armed by ``_store`` from the job's state — SCHEDULED
 at its fire time, DISPATCHED at its lease deadline, final at the end of its
-retention (then it is dropped from memory). What a timer means when it fires
+retention (then it is dropped from memory); WAITING jobs have none. What a timer means when it fires
 is read off the job's state, so re-arming is a cancel and an insert, both O(1).
 """
 
@@ -29,15 +35,17 @@ from array import array
 from collections.abc import Callable
 from typing import Any
 
+from wheelsched.engine.deps import Dependencies
 from wheelsched.engine.model import STATUS_START, Job, JobState, make_job
 
-SCHEDULE, UPDATE, DISPATCH, EPOCH = 1, 2, 3, 4
+SCHEDULE, UPDATE, DISPATCH, EPOCH, RESOLVE, REOPEN = 1, 2, 3, 4, 5, 6
 
 _SCHEDULED = int(JobState.SCHEDULED)
 _DISPATCHED = int(JobState.DISPATCHED)
 _SUCCEEDED = int(JobState.SUCCEEDED)
 _DEAD = int(JobState.DEAD)
 _CANCELLED = int(JobState.CANCELLED)
+_WAITING = int(JobState.WAITING)
 _STATE, _ATTEMPT, _NEXT_US = (Job._fields.index(f) for f in ("state", "attempt", "next_us"))
 
 
@@ -76,6 +84,12 @@ class Shard:
         self.firing = False
         self.draining = False
         self._sorted_ids: list[str] | None = None  # for listing; None when jobs came or went
+        # Dependencies of the jobs that have any (wheelsched.engine.deps).
+        self.deps: dict[str, Dependencies] = {}
+        # dependency id (of any shard) -> ids of this shard's jobs still
+        # waiting for it: the reverse index, derived from this shard's ops (so
+        # replaying them rebuilds it, and a shard loads on its own).
+        self.links: dict[str, set[str]] = {}
 
     # -- the one apply function ------------------------------------------------
 
@@ -98,7 +112,20 @@ class Shard:
             old = jobs.get(job.id)
             if old is not None:  # an id reused after its old job ended
                 self._forget(old)
+            if len(op) > 2:
+                policy, after, open_ids, seen = op[2]
+                self._add_deps(job.id, Dependencies(tuple(after), policy,
+                                                    after if open_ids is None else open_ids, seen))
             self._store(None, job)
+        elif code == RESOLVE:
+            self._resolve(op[1], op[2], op[3], op[4])
+        elif code == REOPEN:
+            job_id = op[1]
+            deps = self.deps[job_id]
+            deps.open = deps.reopen_ids()
+            self._link(job_id, deps.open)
+            old = jobs[job_id]
+            self._store(old, make_job(old[:STATUS_START] + tuple(op[2:])))
         elif code == EPOCH:
             self.epoch = op[1]
         else:
@@ -107,6 +134,9 @@ class Shard:
     def restore(self, record: Any) -> None:
         """Apply one snapshot record (see the module docstring)."""
         if isinstance(record, dict):
+            if "deps" in record:
+                self._add_deps(record["deps"], Dependencies.from_record(record))
+                return
             self.epoch = record["epoch"]
             self.next_num = max(self.next_num, record["next_num"])
         else:
@@ -133,6 +163,8 @@ class Shard:
             state = job.state
             if state in (_SCHEDULED, _DISPATCHED):
                 ticks.append(tick_of(job.next_us))
+            elif state == _WAITING:
+                nums.pop()
             else:
                 ticks.append(tick_of(job.finished_us + retention(state)))
         self.wheel.insert_many(nums, ticks)
@@ -148,7 +180,10 @@ class Shard:
         """A consistent copy of the shard, cheap enough to take on the live
         path: the job tuples are immutable, so a shallow copy is a snapshot."""
         header = {"shard": self.id, "epoch": self.epoch, "next_num": self.next_num}
-        return [header, *self.jobs.values()]
+        records = [header, *self.jobs.values()]
+        if self.deps:
+            records.extend(deps.to_record(job_id) for job_id, deps in self.deps.items())
+        return records
 
     # -- helpers ---------------------------------------------------------------
 
@@ -175,6 +210,10 @@ class Shard:
             elif was == _DISPATCHED:
                 self.active -= 1
                 self.in_flight -= 1
+            elif was == _WAITING:
+                self.active -= 1
+                if new.state != _WAITING:  # cancelled while waiting: it waits no more
+                    self._unlink(new.id, self.deps[new.id])
         self.jobs[new.id] = new
         state = new.state
         if state == _SCHEDULED:
@@ -182,15 +221,17 @@ class Shard:
         elif state == _DISPATCHED:
             self.active += 1
             self.in_flight += 1
+        elif state == _WAITING:
+            self.active += 1
         if self.replaying:
             return
         if state == _SCHEDULED or state == _DISPATCHED:  # noqa: SIM109 - cheaper than a tuple test
             self.wheel.insert(num, -(-new.next_us // self.tick_us))
-        else:
+        elif state != _WAITING:  # a waiting job has no timer: a RESOLVE arms it
             self.wheel.insert(num, self.tick_of(new.finished_us + self._retention_us(state)))
 
     def _count(self, state: int, delta: int) -> None:
-        if state == _SCHEDULED:
+        if state == _SCHEDULED or state == _WAITING:  # noqa: SIM109
             self.active += delta
         elif state == _DISPATCHED:
             self.active += delta
@@ -204,8 +245,65 @@ class Shard:
         del self.by_num[job.num]
         del self.jobs[job.id]
         self._sorted_ids = None
+        if self.deps:
+            deps = self.deps.pop(job.id, None)
+            if deps is not None:
+                self._unlink(job.id, deps)
 
     def purge(self, job: Job) -> None:
         """Drop a final job whose retention ran out. Not logged: on replay the
         same job's retention timer is already due and purges it again."""
         self._forget(job)
+
+    # -- dependencies (wheelsched.engine.deps) ----------------------------------
+
+    def _add_deps(self, job_id: str, deps: Dependencies) -> None:
+        self.deps[job_id] = deps
+        self._link(job_id, deps.open)
+
+    def _link(self, job_id: str, dep_ids: set[str]) -> None:
+        links = self.links
+        for dep in dep_ids:
+            waiters = links.get(dep)
+            if waiters is None:
+                links[dep] = {job_id}
+            else:
+                waiters.add(job_id)
+
+    def _unlink(self, job_id: str, deps: Dependencies) -> None:
+        """The job waits for nothing any more (cancelled or purged)."""
+        links = self.links
+        for dep in deps.open:
+            waiters = links.get(dep)
+            if waiters is not None:
+                waiters.discard(job_id)
+                if not waiters:
+                    del links[dep]
+        deps.open = set()
+
+    def _resolve(self, job_id: str, dep: str, outcome: int, count: int) -> None:
+        """Apply RESOLVE: ``dep`` no longer holds ``job_id`` back. A no-op when
+        it is not open (a duplicate or replayed notification), or when a
+        recurring dependency's ``count`` was already consumed."""
+        deps = self.deps.get(job_id)
+        if deps is None or dep not in deps.open:
+            return
+        if dep in deps.seen:  # a recurring dependency
+            if outcome == _SUCCEEDED:
+                if count <= deps.seen[dep]:
+                    return
+                deps.seen[dep] = count
+            else:  # it ended (RUN_ANYWAY): satisfied for good
+                deps.done.add(dep)
+        deps.open.discard(dep)
+        waiters = self.links.get(dep)
+        if waiters is not None:
+            waiters.discard(job_id)
+            if not waiters:
+                del self.links[dep]
+        if not deps.open:
+            old = self.jobs[job_id]
+            if old.state == _WAITING:
+                values = list(old)
+                values[_STATE] = _SCHEDULED
+                self._store(old, make_job(values))
