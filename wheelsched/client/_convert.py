@@ -7,8 +7,9 @@ nowhere else, so "naive datetimes are UTC", "floats are seconds" and
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -108,9 +109,12 @@ MISFIRE_BY_NAME: dict[str, int] = {
 }
 MISFIRE_NAMES: dict[int, str] = {v: k for k, v in MISFIRE_BY_NAME.items()}
 
+DEPENDENCY_POLICY_BY_NAME: dict[str, int] = {"cancel": job_pb2.CANCEL, "run_anyway": job_pb2.RUN_ANYWAY}
+DEPENDENCY_POLICY_NAMES: dict[int, str] = {v: k for k, v in DEPENDENCY_POLICY_BY_NAME.items()}
+
 VIEWS: dict[str, int] = {"basic": job_pb2.BASIC, "full": job_pb2.FULL, "minimal": job_pb2.MINIMAL}
 
-STATE_NAMES: tuple[str, ...] = ("SCHEDULED", "DISPATCHED", "SUCCEEDED", "DEAD", "CANCELLED")
+STATE_NAMES: tuple[str, ...] = ("SCHEDULED", "DISPATCHED", "SUCCEEDED", "DEAD", "CANCELLED", "WAITING")
 FINAL_STATES = frozenset({"SUCCEEDED", "DEAD", "CANCELLED"})
 
 
@@ -155,6 +159,8 @@ class JobSpec:
     Exactly one of ``due`` (datetime, naive = UTC, or unix seconds),
     ``delay`` (seconds or timedelta) and ``cron`` (expression, with optional
     ``tz`` and ``misfire``) must be given. Durations are seconds or timedelta.
+    ``after`` names the jobs this one runs after (ids); ``on_dependency_failure``
+    is "cancel" (default) or "run_anyway".
     """
 
     queue: str
@@ -172,6 +178,8 @@ class JobSpec:
     max_doublings: int | None = None
     jitter: float | None = None
     lease_timeout: DurationLike | None = None
+    after: Sequence[str] | None = None
+    on_dependency_failure: str | None = None
     # The message built (and so validated) at construction; to_proto hands
     # out copies of it instead of converting every field again.
     _proto: job_pb2.Job | None = field(default=None, init=False, repr=False, compare=False)
@@ -181,6 +189,9 @@ class JobSpec:
             object.__setattr__(self, "payload", self.payload.encode())
         elif isinstance(self.payload, bytearray | memoryview):
             object.__setattr__(self, "payload", bytes(self.payload))
+        if self.after is not None and not isinstance(self.after, str | tuple):
+            with contextlib.suppress(TypeError):  # not iterable: _build reports it
+                object.__setattr__(self, "after", tuple(self.after))
         # Build once now: every check lives in _build, and a spec that
         # constructs is a spec that converts.
         object.__setattr__(self, "_proto", self._build())
@@ -261,6 +272,19 @@ class JobSpec:
             job.ClearField("retry_policy")
         if self.lease_timeout is not None:
             job.lease_timeout.CopyFrom(to_duration(self.lease_timeout, "lease_timeout"))
+        if self.after is not None:
+            if isinstance(self.after, str) or not isinstance(self.after, tuple):
+                raise InvalidArgument("after", "must be a list of job ids")
+            for k, dep in enumerate(self.after):
+                if not isinstance(dep, str) or not dep:
+                    raise InvalidArgument(f"after[{k}]", "must be a non-empty job id")
+            job.after.extend(self.after)
+        if self.on_dependency_failure is not None:
+            key = str(self.on_dependency_failure).lower().replace("-", "_")
+            if key not in DEPENDENCY_POLICY_BY_NAME:
+                raise InvalidArgument("on_dependency_failure", f"{self.on_dependency_failure!r} is not "
+                                      f"one of {', '.join(DEPENDENCY_POLICY_BY_NAME)}")
+            job.on_dependency_failure = DEPENDENCY_POLICY_BY_NAME[key]
         return job
 
 
@@ -321,6 +345,13 @@ class Job:
     max_doublings: int | None = None
     jitter: float | None = None
     lease_timeout: timedelta | None = None
+    # dependencies: the ids it runs after, its policy for a failed one
+    # ("cancel" | "run_anyway"; None without dependencies), those not resolved
+    # yet, and (FULL view only) the jobs still waiting for this one
+    after: tuple[str, ...] = ()
+    on_dependency_failure: str | None = None
+    open_dependencies: tuple[str, ...] = ()
+    dependents: tuple[str, ...] = ()
     proto: job_pb2.Job | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -349,6 +380,8 @@ class Job:
                 value = value.isoformat().replace("+00:00", "Z")
             elif isinstance(value, timedelta):
                 value = value.total_seconds()
+            elif isinstance(value, tuple):
+                value = list(value)
             out[f.name] = value
         return out
 
@@ -394,6 +427,11 @@ def job_from_proto(msg: job_pb2.Job) -> Job:
         max_doublings=rp.max_doublings if rp.HasField("max_doublings") else None,
         jitter=rp.jitter if rp.HasField("jitter") else None,
         lease_timeout=opt_duration(msg, "lease_timeout"),
+        after=tuple(msg.after),
+        on_dependency_failure=DEPENDENCY_POLICY_NAMES.get(msg.on_dependency_failure or job_pb2.CANCEL)
+        if msg.after else None,
+        open_dependencies=tuple(msg.open_dependencies),
+        dependents=tuple(msg.dependents),
         proto=msg,
     )
 

@@ -7,6 +7,7 @@ Output is ``key: value`` lines for one job and a table for ``list``;
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
@@ -91,11 +92,17 @@ def register(subparsers: Any) -> None:
     p.add_argument("--priority", type=int, default=0)
     p.add_argument("--max-attempts", type=int)
     p.add_argument("--lease-timeout", type=float, metavar="SECONDS")
+    p.add_argument("--after", action="append", metavar="ID",
+                   help="run after this job has succeeded (repeatable; the job must exist)")
+    p.add_argument("--on-dependency-failure", choices=("cancel", "run_anyway"),
+                   help="when a dependency ends DEAD or CANCELLED: cancel this job (default) or run it")
     p.set_defaults(func=_cmd_schedule)
 
     p = add(sub, "get", "show one job")
     p.add_argument("id")
     p.add_argument("--full", action="store_true", help="include the payload")
+    p.add_argument("--deps", action="store_true",
+                   help="list its dependencies, those still open, and the jobs waiting for it")
     p.set_defaults(func=_cmd_get)
 
     p = add(sub, "list", "list jobs, filtered by queue and state")
@@ -104,7 +111,7 @@ def register(subparsers: Any) -> None:
         "--state",
         action="append",
         type=str.upper,
-        choices=("SCHEDULED", "DISPATCHED", "SUCCEEDED", "DEAD", "CANCELLED"),
+        choices=("SCHEDULED", "DISPATCHED", "SUCCEEDED", "DEAD", "CANCELLED", "WAITING"),
         help="repeatable; default every state",
     )
     p.add_argument("--limit", type=int, default=100, help="at most this many (0: all; default 100)")
@@ -171,6 +178,8 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
                 priority=args.priority,
                 max_attempts=args.max_attempts,
                 lease_timeout=args.lease_timeout,
+                after=args.after,
+                on_dependency_failure=args.on_dependency_failure,
             )
 
     return _run(args, call)
@@ -179,9 +188,13 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
 def _cmd_get(args: argparse.Namespace) -> int:
     def call() -> Any:
         with client_from_args(args) as c:
-            return c.get(args.id, full=args.full)
+            # the FULL view carries the dependents (and the payload: shown with --full only)
+            job = c.get(args.id, full=args.full or args.deps)
+            if args.deps and not args.full:
+                job = dataclasses.replace(job, payload=b"")
+            return job
 
-    return _run(args, call)
+    return _run(args, call, deps=args.deps)
 
 
 def _cmd_cancel(args: argparse.Namespace) -> int:
@@ -216,7 +229,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- output
 
 
-def _run(args: argparse.Namespace, call: Any, many: bool = False) -> int:
+def _run(args: argparse.Namespace, call: Any, many: bool = False, deps: bool = False) -> int:
     try:
         result = call()
     except errors.WheelschedError as err:
@@ -230,6 +243,8 @@ def _run(args: argparse.Namespace, call: Any, many: bool = False) -> int:
         out.write(format_table(result))
     else:
         out.write(format_job(result))
+        if deps:
+            out.write(format_deps(result))
     return 0
 
 
@@ -257,17 +272,37 @@ def format_job(job: Any) -> str:
         "id", "queue", "state", "attempt", "priority", "next_fire_time", "due", "delay",
         "cron", "tz", "misfire", "create_time", "finish_time", "last_error", "executions",
         "misfires", "dead_executions", "max_attempts", "min_backoff", "max_backoff",
-        "max_doublings", "jitter", "lease_timeout", "shard", "epoch",
+        "max_doublings", "jitter", "lease_timeout", "shard", "epoch", "on_dependency_failure",
     ):  # fmt: skip
         value = getattr(job, key)
         if value in (None, "") or (key in ("executions", "misfires", "dead_executions") and not value):
             continue
         rows.append((key, _fmt(value)))
+    if job.after:
+        rows.append(("after", _ids(job.after)))
+        if job.open_dependencies:
+            rows.append(("open_dependencies", _ids(job.open_dependencies)))
     if job.payload:
         text = d["payload"]
         rows.append(("payload", repr(text) if text is not None else f"base64:{d['payload_base64']}"))
     width = max(len(k) for k, _ in rows)
     return "".join(f"{k + ':':<{width + 1}} {v}\n" for k, v in rows)
+
+
+def _ids(ids: Sequence[str], shown: int = 5) -> str:
+    """A short list of ids: the first few and how many in all."""
+    text = ", ".join(ids[:shown])
+    return text if len(ids) <= shown else f"{text}, ... ({len(ids)} jobs)"
+
+
+def format_deps(job: Any) -> str:
+    """``--deps``: every dependency (open ones marked), then the dependents."""
+    open_ids = set(job.open_dependencies)
+    lines = [f"dependencies ({len(job.after)}, {len(open_ids)} open):"]
+    lines += [f"  {dep}{'  (open)' if dep in open_ids else ''}" for dep in job.after]
+    lines.append(f"dependents still waiting ({len(job.dependents)}):")
+    lines += [f"  {dep}" for dep in job.dependents]
+    return "\n".join(lines) + "\n"
 
 
 def format_table(jobs: Sequence[Any]) -> str:

@@ -234,6 +234,8 @@ class Client:
         max_doublings: int | None = None,
         jitter: float | None = None,
         lease_timeout: DurationLike | None = None,
+        after: Sequence[str] | None = None,
+        on_dependency_failure: str | None = None,
         view: str = "basic",
     ) -> Job:
         """Schedule one job; returns it as stored (durable when this returns).
@@ -246,6 +248,12 @@ class Client:
         the same id with another spec raises ``AlreadyExists``. Without an
         id the client generates one (a uuid4 hex, as the server would), so a
         call retried after a lost reply cannot schedule the job twice.
+
+        ``after``: ids of jobs (existing ones) this job runs after; it is
+        WAITING until they have succeeded. ``on_dependency_failure``:
+        "cancel" (default: a DEAD or CANCELLED dependency cancels this job)
+        or "run_anyway". To submit a whole graph at once, use
+        ``schedule_many`` (dependencies may name jobs of the same batch).
         """
         spec = JobSpec(
             queue=queue,
@@ -263,6 +271,8 @@ class Client:
             max_doublings=max_doublings,
             jitter=jitter,
             lease_timeout=lease_timeout,
+            after=after,
+            on_dependency_failure=on_dependency_failure,
         )
         proto = _with_id(spec.to_proto())
         request = scheduler_pb2.ScheduleJobRequest(job=proto, view=view_value(view))
@@ -287,6 +297,11 @@ class Client:
         scheduled. The raised error then carries them as ``err.scheduled``
         (a list of Job), so a caller can resume (ids make retries safe).
         Every spec is validated before the first RPC.
+
+        A graph (specs with ``after`` naming each other) is accepted or
+        rejected as a whole when it fits in one chunk; across chunks, put
+        every job after the jobs it depends on (a dependency must exist,
+        in the same chunk or an earlier one).
         """
         if not isinstance(chunk, int) or chunk < 1:
             raise errors.InvalidArgument("chunk", "must be a positive int")
@@ -356,7 +371,9 @@ class Client:
     # ------------------------------------------------------------ reading and changing
 
     def get(self, job_id: str, full: bool = False) -> Job:
-        """One job; ``full=True`` includes the payload."""
+        """One job; ``full=True`` includes the payload and ``dependents``
+        (the jobs still waiting for it). ``open_dependencies`` is always
+        there: the ids in ``after`` not resolved yet."""
         request = scheduler_pb2.GetJobRequest(id=job_id, view=view_value("full" if full else "basic"))
         return job_from_proto(self._routed(None, "scheduler", "GetJob", request, job_id=job_id))
 

@@ -6,7 +6,7 @@ Output-only fields of a request's Job are ignored (AIP-203).
 
 from __future__ import annotations
 
-from wheelsched.engine import US, Delivery, Job, JobRequest, ScheduleKind
+from wheelsched.engine import US, Delivery, DependencyInfo, Job, JobRequest, ScheduleKind
 from wheelsched.errors import InvalidArgument
 from wheelsched.v1 import job_pb2, worker_pb2
 
@@ -73,14 +73,18 @@ def job_request(pb: job_pb2.Job, field: str = "job") -> JobRequest:
         jitter=rp.jitter if rp.HasField("jitter") else None,
         lease_us=dur_to_us(pb.lease_timeout, f"{field}.lease_timeout")
         if pb.HasField("lease_timeout") else None,
+        after=tuple(pb.after),
+        on_dependency_failure=int(pb.on_dependency_failure),
     )
 
 
 _FULL, _MINIMAL = job_pb2.JobView.FULL, job_pb2.JobView.MINIMAL
 
 
-def job_to_proto(job: Job, shard: int, epoch: int, view: int, out: job_pb2.Job | None = None) -> job_pb2.Job:
-    """The API Job for ``view`` (BASIC: everything but the payload)."""
+def job_to_proto(job: Job, shard: int, epoch: int, view: int, out: job_pb2.Job | None = None,
+                 deps: DependencyInfo | None = None) -> job_pb2.Job:
+    """The API Job for ``view`` (BASIC: everything but the payload and the
+    dependents). ``deps``: the job's dependencies, if it has any."""
     pb = job_pb2.Job() if out is None else out
     pb.id = job.id
     pb.state = job.state
@@ -118,6 +122,12 @@ def job_to_proto(job: Job, shard: int, epoch: int, view: int, out: job_pb2.Job |
     pb.executions = job.executions
     pb.misfires = job.misfires
     pb.dead_executions = job.dead_executions
+    if deps is not None:
+        pb.after.extend(deps.after)
+        pb.on_dependency_failure = deps.policy
+        pb.open_dependencies.extend(deps.open)
+        if view == _FULL:
+            pb.dependents.extend(deps.dependents)
     return pb
 
 

@@ -60,7 +60,13 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         self.engine = node.engine
 
     def _job(self, job, shard, view) -> job_pb2.Job:
-        return convert.job_to_proto(job, shard.id, shard.epoch, view)
+        return convert.job_to_proto(job, shard.id, shard.epoch, view, deps=self._deps(job, shard, view))
+
+    def _deps(self, job, shard, view):
+        """The job's dependencies for views that show them (None: none)."""
+        if view == job_pb2.JobView.MINIMAL:
+            return None
+        return self.engine.dependency_info(job, shard, dependents=view == job_pb2.JobView.FULL)
 
     @rpc
     async def ScheduleJob(self, request, context):
@@ -88,7 +94,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         add = resp.jobs.add
         for job in jobs:
             shard = shard_for(job.id)
-            convert.job_to_proto(job, shard.id, shard.epoch, view, add())
+            convert.job_to_proto(job, shard.id, shard.epoch, view, add(), self._deps(job, shard, view))
         return resp
 
     @rpc
@@ -103,7 +109,8 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         resp = scheduler_pb2.ListJobsResponse(next_page_token=token)
         view = request.view
         for job, shard in page:
-            convert.job_to_proto(job, shard.id, shard.epoch, view, resp.jobs.add())
+            convert.job_to_proto(job, shard.id, shard.epoch, view, resp.jobs.add(),
+                                 self._deps(job, shard, view))
         return resp
 
     @rpc
