@@ -78,3 +78,15 @@ def test_engine_cycle_bench_smoke(tmp_path: Path) -> None:
     for kind in ("memory", "wal"):
         r = data["results"][kind]
         assert r["fire_dispatch_us"] > 0 and r["ack_us"] > 0 and r["sustainable_per_s"] > 0
+
+
+def test_dag_bench_smoke(tmp_path: Path) -> None:
+    data = run_bench("dag", tmp_path)
+    assert data["bench"] == "dag"
+    for mode in ("one_shard", "across_shards", "chained"):
+        r = data["latency"][mode]
+        assert r["count"] == data["pairs"] and r["p50_ms"] > 0, mode
+    for case in ("dag", "independent"):
+        r = data["throughput"][case]
+        assert r["dispatched"] == r["jobs"] and r["jobs_per_s"] > 0, case
+    assert set(data["targets"]) == {"one_shard", "across_shards"}

@@ -16,6 +16,7 @@ BENCHMARKS = {
     "fire-latency": "fire_latency",
     "crash-replay": "crash_replay",
     "failover": "failover",
+    "dag": "dag",
     "schedule": "schedule",
     "engine-cycle": "engine_cycle",
     "wheel": "wheel",
