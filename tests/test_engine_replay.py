@@ -21,6 +21,7 @@ from wheelsched.wheel import TimingWheel
 
 IDS = [f"job-{i}" for i in range(10)] + ["{t}a", "{t}b"]
 _DISPATCHED = int(JobState.DISPATCHED)
+_WAITING = int(JobState.WAITING)
 
 
 def expected_after_restart(job, now_us):
@@ -110,10 +111,13 @@ class ReplayMachine(RuleBasedStateMachine):
     def counts_match_states(self):
         for s in self.h.engine.shards:
             states = [j.state for j in s.jobs.values()]
-            assert s.active == sum(1 for x in states if x in (1, 2))
+            assert s.active == sum(1 for x in states if x in (1, 2, _WAITING))
             assert s.in_flight == states.count(_DISPATCHED)
-            for j in s.jobs.values():  # every job has a timer, except the ones waiting for a worker
-                assert (j.num in s.wheel) or (j.num in s.ready)
+            for j in s.jobs.values():  # every job has a timer, except the ones waiting for a
+                if j.state == _WAITING:  # worker or for their dependencies
+                    assert j.num not in s.wheel and s.deps[j.id].open
+                else:
+                    assert (j.num in s.wheel) or (j.num in s.ready)
 
 
 class MemoryReplayMachine(ReplayMachine):
