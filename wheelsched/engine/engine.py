@@ -1000,7 +1000,7 @@ class Engine:
                     self._qrow(job.queue)[_Q_CANCELLED] += 1
                     continue
                 self._write(shard, [RESOLVE, job_id, dep_id, outcome, count])
-                if fire:
+                if fire and shard.firing:
                     job = shard.jobs[job_id]
                     if (job.state == _SCHEDULED and job.next_us <= now
                             and not (job.kind == _CRON and now - job.next_us > threshold)):
