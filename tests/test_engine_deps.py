@@ -415,3 +415,15 @@ def test_resolve_replayed_twice_counts_once(wheel_cls):
     shard.apply([RESOLVE, "m", "a", int(JobState.SUCCEEDED), 0])
     assert state(h, "m") == "WAITING"
     assert h.engine.dependency_info(*h.engine.get("m")).open == ["b"]
+
+
+def test_dependency_on_a_shard_owned_elsewhere_is_refused(wheel_cls):
+    """Cluster mode: dependencies across nodes are not supported yet."""
+    from wheelsched.errors import FailedPrecondition
+
+    h = Harness(wheel_cls)
+    a, b = on_other_shards("z", 2)
+    h.engine.detach_shard(shard_of(a, 4))
+    with pytest.raises(FailedPrecondition, match="another node owns"):
+        h.engine.schedule([req(b, a)])
+    _nothing_written(h, b)
