@@ -63,12 +63,15 @@ and in:
 - ``[REOPEN, dependent, *status]``: a recurring dependent's execution ended;
   its recurring dependencies open again (and its status changes, as UPDATE).
 
-The reverse index (dependency -> dependents still waiting for it,
-``links``) is derived state, kept in memory and rebuilt by replaying the
-dependents' ops; the dependency's shard writes nothing about its dependents.
-When a job changes state and has waiting dependents, the engine writes a
-RESOLVE (or a cancel) to each dependent's shard, routed by the dependent's
-id, in the same engine call.
+The reverse index (dependency -> dependents still waiting for it) is
+derived state, kept per dependent's shard (``Shard.links``: the
+dependencies its own jobs wait for) and rebuilt by replaying that shard's
+ops alone, so a shard still loads on its own; the dependency's shard writes
+nothing about its dependents. When a job changes state and some shard's
+jobs wait for it, the engine writes a RESOLVE (or a cancel) to each
+dependent's shard in the same engine call; jobs nobody waits for cost one
+membership test per attached shard that holds dependents (none at all when
+no job has dependencies).
 
 Crashes. Each shard's log is its own: the op that ends a dependency (shard
 A) and the RESOLVE it causes (shard B) may reach the disk apart, so a crash
@@ -83,8 +86,9 @@ the batch again, with the same ids, completes it. A finished job is purged
 by retention only after its waiting dependents are resolved (the engine
 resolves them first if a crash left any).
 
-Between nodes (cluster mode, later): the RESOLVE op stays the notification,
-written to the dependent's shard by its owner. The dependency's owner learns
+Between nodes (cluster mode, later; for now a dependency must be on a
+shard the same node owns, FAILED_PRECONDITION otherwise): the RESOLVE op
+stays the notification, written to the dependent's shard by its owner. The dependency's owner learns
 its remote dependents from the dependent's owner (a watch naming the
 dependent and the dependency), which re-sends its open edges when it
 recovers or when the dependency's shard changes owner (epoch); the
