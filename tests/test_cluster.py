@@ -282,3 +282,48 @@ def test_etcd_outage_stops_firing_then_service_resumes(cluster):
         assert not rec.wait_for(after, timeout=20)
     finally:
         worker.stop(timeout=5)
+
+
+def test_dag_across_all_shards_completes_while_a_node_is_killed(cluster):
+    """Job dependencies between nodes: a layered DAG over every shard runs in
+    dependency order while one node is SIGKILLed (issue #8 in cluster mode)."""
+    import random
+
+    for _ in range(3):
+        cluster.add_node()
+    cluster.wait_balanced(3)
+    rng = random.Random(8)
+    layers = [[f"dag-{k}-{i}-{rng.getrandbits(32):08x}" for i in range(30)] for k in range(8)]
+    after = {job_id: sorted(rng.sample(layers[k - 1], rng.randint(1, 3))) if k else []
+             for k, layer in enumerate(layers) for job_id in layer}
+    finished: dict[str, float] = {}
+    started: dict[str, float] = {}
+    lock = threading.Lock()
+
+    def handler(d) -> None:
+        with lock:
+            started.setdefault(d.job_id, time.monotonic())
+        time.sleep(0.01)
+        with lock:
+            finished.setdefault(d.job_id, time.monotonic())  # the first completion counts
+
+    rec = Recorder(handler=handler)
+    worker = cluster_worker(cluster, rec)
+    try:
+        with Client(cluster.seeds, timeout=20) as c:
+            # a graph across nodes goes in dependencies first: each node checks
+            # a dependency on another node's shard with that node
+            for k, layer in enumerate(layers):
+                c.schedule_many([{"queue": "q", "id": j, "delay": 1.0 + 0.4 * k, "after": after[j]}
+                                 for j in layer])
+            assert c.get(layers[-1][0]).state == "WAITING"
+        time.sleep(2.5)
+        cluster.nodes[2].kill()
+        all_ids = set(after)
+        missing = rec.wait_for(all_ids, timeout=60)
+        assert not missing, f"{len(missing)} jobs never ran, e.g. {sorted(missing)[:3]}"
+        with lock:
+            early = [(j, d) for j, deps in after.items() for d in deps if started[j] <= finished[d]]
+        assert not early, f"ran before a dependency finished: {early[:3]}"
+    finally:
+        worker.stop(timeout=5)

@@ -417,13 +417,35 @@ def test_resolve_replayed_twice_counts_once(wheel_cls):
     assert h.engine.dependency_info(*h.engine.get("m")).open == ["b"]
 
 
-def test_dependency_on_a_shard_owned_elsewhere_is_refused(wheel_cls):
-    """Cluster mode: dependencies across nodes are not supported yet."""
-    from wheelsched.errors import FailedPrecondition
+def test_dependency_on_a_shard_owned_elsewhere_is_resolved_from_its_owners_answers(wheel_cls):
+    """Cluster mode: the node asks the dependency's owner and passes what it
+    said (``remote``); without an answer the dependency is unknown."""
+    from wheelsched.engine import RemoteJob
 
     h = Harness(wheel_cls)
-    a, b = on_other_shards("z", 2)
-    h.engine.detach_shard(shard_of(a, 4))
-    with pytest.raises(FailedPrecondition, match="another node owns"):
+    h.subscribe()
+    a, b, c = on_other_shards("z", 3)
+    for job_id in (a, c):
+        h.engine.detach_shard(shard_of(job_id, 4))
+    with pytest.raises(InvalidArgument, match="unknown job"):
         h.engine.schedule([req(b, a)])
     _nothing_written(h, b)
+    assert h.engine.remote_dependencies_of([req(b, a, c)]) == [a, c]
+    scheduled = JobState.SCHEDULED.value
+    h.engine.schedule([req(b, a, c)], remote={a: RemoteJob(a, scheduled, 0, 0, ""),
+                                              c: RemoteJob(c, scheduled, 0, 0, "")})
+    assert state(h, b) == "WAITING"
+    assert h.engine.remote_dependencies() == sorted([a, c])
+    # a not final yet: nothing; then a succeeds: b still waits for c
+    h.engine.settle_remote([RemoteJob(a, scheduled, 0, 0, "")])
+    assert state(h, b) == "WAITING"
+    done = RemoteJob(a, JobState.SUCCEEDED.value, 0, 0, "")
+    h.engine.settle_remote([done])
+    h.engine.settle_remote([done])  # asked again: counted once
+    assert h.engine.remote_dependencies() == [c]
+    # c dies: b is cancelled with a reason naming it
+    h.engine.settle_remote([RemoteJob(c, JobState.DEAD.value, 0, 0, "boom")])
+    job = h.engine.get(b)[0]
+    assert JobState(job.state).name == "CANCELLED" and repr(c) in job.last_error
+    assert h.engine.remote_dependencies() == []
+    assert not h.take()

@@ -11,6 +11,7 @@ from wheelsched.engine.engine import (
     Extension,
     ItemResult,
     RecoveryStats,
+    RemoteJob,
     Subscription,
     Waits,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "Limits",
     "Misfire",
     "RecoveryStats",
+    "RemoteJob",
     "ScheduleKind",
     "Subscription",
     "Waits",

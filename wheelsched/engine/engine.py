@@ -37,7 +37,7 @@ import gc
 import heapq
 import random
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -138,6 +138,17 @@ class ItemResult(NamedTuple):
     attempt: int
     error: WheelschedError | None
     lease_deadline_us: int = 0
+
+
+class RemoteJob(NamedTuple):
+    """What the owner of another shard said of one of its jobs (cluster
+    mode): enough to resolve the dependents waiting for it here."""
+
+    id: str
+    state: int
+    kind: int
+    executions: int
+    last_error: str
 
 
 class DependencyInfo(NamedTuple):
@@ -248,6 +259,9 @@ class Engine:
         # while others wait for them (see _settle).
         self._linked: list[Shard] = []
         self._changed: list[str] = []
+        # Jobs of shards other nodes own, as their owners reported them, for
+        # the duration of one engine call (schedule, settle_remote).
+        self._remote: Mapping[str, RemoteJob] = {}
 
     def _qrow(self, queue: str) -> list[int]:
         """The per-queue counter row (created on first use; capped)."""
@@ -459,11 +473,23 @@ class Engine:
             raise NotOwner(shard.id, *self.owner_of(shard.id))
         return shard
 
-    def schedule(self, requests: Sequence[JobRequest]) -> tuple[list[Job], Waits]:
+    def schedule(self, requests: Sequence[JobRequest],
+                 remote: Mapping[str, RemoteJob] | None = None) -> tuple[list[Job], Waits]:
         """Schedule jobs, all or nothing: every request is validated (and
         checked against existing jobs and limits) before any is written.
         Returns the jobs in request order (for an id that exists with the
-        same spec, the existing job: scheduling is idempotent)."""
+        same spec, the existing job: scheduling is idempotent).
+
+        ``remote``: in cluster mode, the dependencies named by the requests
+        that live on shards other nodes own (``remote_dependencies_of``), as
+        their owners reported them; one missing from it is unknown."""
+        self._remote = remote or {}
+        try:
+            return self._schedule(requests)
+        finally:
+            self._remote = {}
+
+    def _schedule(self, requests: Sequence[JobRequest]) -> tuple[list[Job], Waits]:
         limits = self.config.limits
         if not requests:
             raise InvalidArgument("jobs", "at least one job is required")
@@ -559,12 +585,8 @@ class Engine:
             open_ids: list[str] = []
             seen: dict[str, int] = {}
             for k, dep_id in enumerate(after):
-                dep = new[dep_id][1] if dep_id in new else self._find(dep_id)
-                if dep is None and self._by_id[shard_of(dep_id, self.config.shard_count)] is None:
-                    raise FailedPrecondition(
-                        f"{where(i)}.after[{k}]: job {dep_id!r} is on a shard another node owns; "
-                        "dependencies across nodes are not supported yet (a shared {tag} in the "
-                        "ids keeps related jobs on one shard)")
+                dep = new[dep_id][1] if dep_id in new else (self._find(dep_id)
+                                                             or self._remote.get(dep_id))
                 if dep is None:
                     raise InvalidArgument(f"{where(i)}.after[{k}]", f"unknown job {dep_id!r} (neither "
                                           "in this batch nor an existing job)")
@@ -594,6 +616,67 @@ class Engine:
         """A job of a shard this node owns (None: unknown, or not owned here)."""
         shard = self._by_id[shard_of(job_id, self.config.shard_count)]
         return None if shard is None else shard.jobs.get(job_id)
+
+    # -- dependencies across nodes (cluster mode) ----------------------------------
+    #
+    # The waiting side pulls: the node asks the owners of the dependencies
+    # its waiting jobs name but whose shards it does not own
+    # (``remote_dependencies``) for their state, and hands the answers to
+    # ``settle_remote``, which writes the same RESOLVE (or cancel) ops a local
+    # dependency would. RESOLVE is idempotent, so asking again after a crash
+    # or an owner change is safe, and nothing is written on the dependency's
+    # side: a dependency's shard moving between nodes needs no hand-over.
+
+    def _remote_shard(self, job_id: str) -> bool:
+        return self._by_id[shard_of(job_id, self.config.shard_count)] is None
+
+    def remote_dependencies_of(self, requests: Sequence[JobRequest]) -> list[str]:
+        """Dependencies named by ``requests`` that live on shards this node
+        does not own (and are not in the batch itself)."""
+        batch = {r.id for r in requests if isinstance(r, JobRequest)}
+        out: dict[str, None] = {}
+        for r in requests:
+            if isinstance(r, JobRequest) and r.after and not isinstance(r.after, str | bytes):
+                for dep_id in r.after:
+                    if isinstance(dep_id, str) and dep_id and dep_id not in batch \
+                            and self._remote_shard(dep_id):
+                        out[dep_id] = None
+        return list(out)
+
+    def remote_dependencies(self) -> list[str]:
+        """Open dependencies of this node's waiting jobs on shards it does not own."""
+        out: set[str] = set()
+        for shard in self._linked:
+            for dep_id in shard.links:
+                if dep_id not in out and self._remote_shard(dep_id):
+                    out.add(dep_id)
+        return sorted(out)
+
+    def settle_remote(self, jobs: Iterable[RemoteJob]) -> Waits:
+        """Resolve the dependents waiting here for jobs other nodes own."""
+        remote = {j.id: j for j in jobs}
+        waits: Waits = {}
+        if not remote:
+            return waits
+        self._remote = remote
+        try:
+            self._changed.extend(remote)
+            self._settle(self.clock(), fire=True)
+            self._dispatch()
+            self._flush(waits)
+        finally:
+            self._remote = {}
+        return waits
+
+    def job_states(self, ids: Iterable[str]) -> list[tuple[str, Job | None, bool]]:
+        """(id, job or None, whether this node owns its shard) per id: what
+        another node asks to settle its dependents."""
+        limits = self.config.limits
+        out = []
+        for job_id in ids:
+            check_job_id(job_id, limits, "ids")
+            out.append((job_id, self._find(job_id), not self._remote_shard(job_id)))
+        return out
 
     def _waited_for(self, job_id: str) -> bool:
         return any(job_id in shard.links for shard in self._linked)
@@ -975,7 +1058,7 @@ class Engine:
                        for job_id in shard.links.get(dep_id, ())]
             if not waiters:
                 continue
-            dep = self._find(dep_id)
+            dep = self._find(dep_id) or self._remote.get(dep_id)
             if dep is None:
                 continue  # unknown after a crash cut its batch, or not owned here: stays open
             outcome, count = dep.state, 0

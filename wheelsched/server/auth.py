@@ -41,6 +41,7 @@ READ_METHODS = frozenset({
     "/wheelsched.v1.Scheduler/ListJobs",
     "/wheelsched.v1.Node/GetShardMap",
     "/wheelsched.v1.Node/GetNodeStatus",
+    "/wheelsched.v1.Node/GetJobStates",
 })
 
 
@@ -50,11 +51,21 @@ def _digest(token: str) -> bytes:
 
 def load_tokens(path: str | Path) -> dict[bytes, str]:
     """token digest -> role, from a tokens file; ConfigError names the line."""
+    return {_digest(token): role for token, role in _read_tokens(path)}
+
+
+def peer_token(path: str | Path) -> str:
+    """The token a node presents to the other nodes of its cluster (they
+    share the tokens file): the first one in it."""
+    return _read_tokens(path)[0][0]
+
+
+def _read_tokens(path: str | Path) -> list[tuple[str, str]]:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"tokens_file: cannot read {path}: {exc.strerror}") from None
-    tokens: dict[bytes, str] = {}
+    tokens: list[tuple[str, str]] = []
     for n, line in enumerate(text.splitlines(), 1):
         line = line.split("#", 1)[0].strip()
         if not line:
@@ -66,7 +77,7 @@ def load_tokens(path: str | Path) -> dict[bytes, str]:
         token, role = parts
         if len(token) < 16:
             raise ConfigError(f"tokens_file: {path}:{n}: tokens must be at least 16 characters")
-        tokens[_digest(token)] = role
+        tokens.append((token, role))
     if not tokens:
         raise ConfigError(f"tokens_file: {path} holds no tokens")
     return tokens

@@ -35,13 +35,15 @@ from grpc_reflection.v1alpha import reflection
 from wheelsched.cluster.etcd import Etcd, parse_endpoints
 from wheelsched.cluster.member import ClusterMember
 from wheelsched.config import ConfigError
-from wheelsched.engine import Engine, EngineConfig, Limits, RecoveryStats, Waits
+from wheelsched.engine import Engine, EngineConfig, Limits, RecoveryStats, RemoteJob, Waits
+from wheelsched.engine.model import ScheduleKind
 from wheelsched.errors import InvalidArgument, Unavailable
-from wheelsched.server.auth import AuthInterceptor, load_tokens
+from wheelsched.server.auth import AuthInterceptor, load_tokens, peer_token
 from wheelsched.server.metrics import LatenessHistogram, MetricsInterceptor, MetricsServer, RpcCounts
 from wheelsched.server.ratelimit import RateLimiter, RateLimitInterceptor
 from wheelsched.server.service import NodeService, SchedulerService, WorkerService
 from wheelsched.server.ticker import Ticker, wall_us
+from wheelsched.sharding import shard_of
 from wheelsched.v1 import (
     node_pb2,
     node_pb2_grpc,
@@ -60,6 +62,11 @@ META_FILE = "wheelsched.json"
 # While a cluster node cannot prove its lease, the ticker checks this often
 # whether it may fire again.
 LEASE_RECHECK_US = 50_000
+_CRON_KIND = int(ScheduleKind.CRON)
+# Cluster mode: how often a node asks other nodes about the dependencies
+# its waiting jobs have on their shards (a dependent runs at most this much
+# later than it would on one node).
+REMOTE_DEPENDENCY_POLL_SECONDS = 0.05
 # A node that failed to load a shard (its log locked or damaged) gives the
 # key back and does not claim that shard again for this long.
 LOAD_RETRY_SECONDS = 2.0
@@ -160,6 +167,12 @@ class Node:
         self.member: ClusterMember | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._shard_tasks: set[asyncio.Task] = set()
+        self._peers: dict[str, node_pb2_grpc.NodeStub] = {}  # address -> stub (cluster mode)
+        self._peer_channels: list[grpc.aio.Channel] = []
+        self._remote_deps: asyncio.Task | None = None
+        # nodes of a cluster share the tokens file: present one of its tokens
+        self._peer_metadata = ((("authorization", f"Bearer {peer_token(config.tokens_file)}"),)
+                               if config.tokens_file else ())
 
     def _shard_dir(self, shard_id: int) -> Path:
         return Path(self.config.data_dir) / "shards" / f"{shard_id:04d}"
@@ -329,6 +342,77 @@ class Node:
         self.engine.may_fire = self.member.lease_valid
         self.engine.owner_of = self.member.owner_of
         self.member.start()
+        self._remote_deps = asyncio.create_task(self._remote_dependency_loop())
+
+    # -- cluster mode: dependencies on other nodes' jobs ------------------------------
+
+    def _peer(self, address: str) -> node_pb2_grpc.NodeStub:
+        stub = self._peers.get(address)
+        if stub is None:
+            credentials = None
+            if self.config.tls_cert:  # peers present the same kind of certificate
+                ca = self.config.tls_client_ca or self.config.tls_cert
+                credentials = grpc.ssl_channel_credentials(self._read_pem("tls_client_ca", ca))
+            options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+            channel = (grpc.aio.secure_channel(address, credentials, options) if credentials
+                       else grpc.aio.insecure_channel(address, options))
+            self._peer_channels.append(channel)
+            stub = self._peers[address] = node_pb2_grpc.NodeStub(channel)
+        return stub
+
+    async def fetch_job_states(self, ids: list[str], strict: bool) -> dict[str, RemoteJob]:
+        """Ask the owners of ``ids`` (jobs on shards this node does not own)
+        for their state. ``strict``: an owner that cannot be asked is an
+        error (``Unavailable``); else those ids are left out. Ids the owner
+        does not know are left out (the caller takes them for unknown)."""
+        by_owner: dict[str, list[str]] = {}
+        for job_id in ids:
+            address, _ = self.member.owner_of(shard_of(job_id, self.config.shard_count))
+            if not address:
+                if strict:
+                    raise Unavailable(f"job {job_id!r}'s shard has no owner right now; retry")
+                continue
+            by_owner.setdefault(address, []).append(job_id)
+        out: dict[str, RemoteJob] = {}
+
+        async def ask(address: str, wanted: list[str]) -> None:
+            try:
+                response = await self._peer(address).GetJobStates(
+                    node_pb2.GetJobStatesRequest(ids=wanted), timeout=2.0,
+                    metadata=self._peer_metadata)
+            except grpc.RpcError as exc:
+                if strict:
+                    raise Unavailable(f"cannot ask {address} about dependencies: {exc.code().name}") \
+                        from None
+                return
+            for e in response.jobs:
+                if not e.owned:
+                    if strict:
+                        raise Unavailable(f"job {e.id!r}'s shard is changing owner; retry")
+                    continue
+                if e.found:
+                    out[e.id] = RemoteJob(e.id, e.state, _CRON_KIND if e.recurring else 0,
+                                          e.executions, e.last_error)
+
+        await asyncio.gather(*(ask(a, w) for a, w in by_owner.items()))
+        return out
+
+    async def _remote_dependency_loop(self) -> None:
+        engine = self.engine
+        while True:
+            await asyncio.sleep(REMOTE_DEPENDENCY_POLL_SECONDS)
+            ids = engine.remote_dependencies()
+            if not ids or not engine.may_fire():
+                continue
+            try:
+                states = await self.fetch_job_states(ids, strict=False)
+                waits = engine.settle_remote(states.values())
+                self.after_write()
+                await self.wait_durable(waits)
+            except Unavailable:
+                continue  # asked again at the next round
+            except Exception:  # a bug; keep the loop
+                log.exception("settling remote dependencies failed")
 
     # -- cluster mode: shards come and go (the member calls these on its thread) ----
 
@@ -504,6 +588,12 @@ class Node:
         # Every op applied is in the log queue; close() writes and fsyncs it.
         self._logs_closed = True
         await asyncio.get_running_loop().run_in_executor(None, engine.close)
+        if self._remote_deps is not None:
+            self._remote_deps.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._remote_deps
+        for channel in self._peer_channels:
+            await channel.close()
         if self.member is not None:
             # Only now, with every log closed: revoking the lease deletes the
             # leader keys, and other nodes take the shards over.

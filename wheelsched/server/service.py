@@ -17,6 +17,7 @@ import grpc
 
 from wheelsched import __version__
 from wheelsched.engine import AckItem, Extension
+from wheelsched.engine.model import ScheduleKind
 from wheelsched.errors import InvalidArgument, ResourceExhausted, WheelschedError
 from wheelsched.server import convert
 from wheelsched.server.ticker import wall_us
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from wheelsched.server.node import Node
 
 log = logging.getLogger("wheelsched.server")
+_CRON_KIND = int(ScheduleKind.CRON)
 DEFAULT_MAX_IN_FLIGHT = 64
 
 
@@ -59,6 +61,14 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         self.node = node
         self.engine = node.engine
 
+    async def _remote_dependencies(self, reqs) -> dict | None:
+        """Cluster mode: the state of dependencies on other nodes' shards,
+        from their owners, for the engine to check and resolve them."""
+        if self.node.member is None:
+            return None
+        ids = self.engine.remote_dependencies_of(reqs)
+        return await self.node.fetch_job_states(ids, strict=True) if ids else None
+
     def _job(self, job, shard, view) -> job_pb2.Job:
         return convert.job_to_proto(job, shard.id, shard.epoch, view, deps=self._deps(job, shard, view))
 
@@ -72,7 +82,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     async def ScheduleJob(self, request, context):
         self.node.check_writable()
         req = convert.job_request(request.job)
-        jobs, waits = self.engine.schedule([req])
+        jobs, waits = self.engine.schedule([req], await self._remote_dependencies([req]))
         self.node.after_write()
         await self.node.wait_durable(waits)
         job = jobs[0]
@@ -85,7 +95,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         if len(request.jobs) > limit:
             raise ResourceExhausted(f"jobs: {len(request.jobs)} jobs exceeds the batch limit of {limit}")
         reqs = [convert.job_request(pb, f"jobs[{i}]") for i, pb in enumerate(request.jobs)]
-        jobs, waits = self.engine.schedule(reqs)
+        jobs, waits = self.engine.schedule(reqs, await self._remote_dependencies(reqs))
         self.node.after_write()
         await self.node.wait_durable(waits)
         resp = scheduler_pb2.BatchScheduleJobsResponse()
@@ -296,6 +306,20 @@ class NodeService(node_pb2_grpc.NodeServicer):
                             owner_address=owner.address, epoch=owner.epoch)
         for node_id, address in sorted(view.nodes.items()):
             resp.nodes.add(node_id=node_id, address=address)
+        return resp
+
+    @rpc
+    async def GetJobStates(self, request, context):
+        if len(request.ids) > self.engine.config.limits.max_batch_jobs:
+            raise ResourceExhausted("ids: too many in one request")
+        resp = node_pb2.GetJobStatesResponse()
+        for job_id, job, owned in self.engine.job_states(request.ids):
+            entry = resp.jobs.add(id=job_id, owned=owned, found=job is not None)
+            if job is not None:
+                entry.state = job.state
+                entry.recurring = job.kind == _CRON_KIND
+                entry.executions = job.executions
+                entry.last_error = job.last_error
         return resp
 
     @rpc
