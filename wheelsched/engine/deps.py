@@ -86,14 +86,20 @@ the batch again, with the same ids, completes it. A finished job is purged
 by retention only after its waiting dependents are resolved (the engine
 resolves them first if a crash left any).
 
-Between nodes (cluster mode, later; for now a dependency must be on a
-shard the same node owns, FAILED_PRECONDITION otherwise): the RESOLVE op
-stays the notification, written to the dependent's shard by its owner. The dependency's owner learns
-its remote dependents from the dependent's owner (a watch naming the
-dependent and the dependency), which re-sends its open edges when it
-recovers or when the dependency's shard changes owner (epoch); the
-dependency's owner answers at once for a job that already ended. Both sides
-of a crash are then covered by re-deriving from the waiting side, as here.
+Between nodes (cluster mode): the waiting side pulls. A dependency on a
+shard another node owns is checked with that node when the dependent is
+submitted (the node asks it with ``GetJobStates`` and passes the answer to
+``Engine.schedule(remote=...)``; an id it does not know is unknown, an owner
+that cannot be asked is UNAVAILABLE), and while the dependent waits, its
+node asks the owners of its open remote dependencies every 50 ms
+(``Engine.remote_dependencies``) and settles what ended with the same
+RESOLVE or cancel as a local dependency (``Engine.settle_remote``). RESOLVE
+is idempotent and nothing is written on the dependency's side, so crashes
+and owner changes on either side need nothing more: the next question
+gets the answer. A graph that spans nodes is submitted dependencies first
+(a batch is split by owner, and each node checks the dependencies on other
+nodes' shards when its part arrives); within one node, a batch may carry a
+whole graph.
 """
 
 from __future__ import annotations
