@@ -10,25 +10,12 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
-from node_helpers import REPO, NodeProcess, running_node
+from node_helpers import REPO, NodeProcess
 
 from wheelsched import errors
 from wheelsched.client import Client, PermanentFailure, Worker
-
-
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    with running_node(tmp_path_factory.mktemp("node"), fsync="never", shards=4) as n:
-        yield n
-
-
-@pytest.fixture
-def client(node: NodeProcess) -> Iterator[Client]:
-    with Client(node.target, timeout=10) as c:
-        yield c
 
 
 @pytest.fixture

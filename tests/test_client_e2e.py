@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,18 +19,6 @@ from node_helpers import REPO, NodeProcess, running_node
 
 from wheelsched import errors
 from wheelsched.client import Client, Delivery, PermanentFailure, Worker
-
-
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    with running_node(tmp_path_factory.mktemp("node"), fsync="never", shards=4) as n:
-        yield n
-
-
-@pytest.fixture
-def client(node: NodeProcess) -> Iterator[Client]:
-    with Client(node.target, timeout=10) as c:
-        yield c
 
 
 @pytest.fixture
