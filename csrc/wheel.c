@@ -281,7 +281,7 @@ in_place: /* out of memory: reset the structures we have */
     w->arena.nfree = 0;
     for (uint32_t s = 0; s < WHEEL_NSENT; s++) list_init(w->arena.nodes, s);
     memset(w->index.slots, 0, ix_size(&w->index) * sizeof(uint32_t));
-    w->index.live = w->index.tombs = 0;
+    w->index.live = 0;
 done:
     free(w->fired);
     w->fired = NULL;
@@ -311,7 +311,7 @@ static int insert_one(wheel_t *w, int64_t id, int64_t deadline) {
     uint32_t x = arena_alloc(&w->arena);
     w->arena.nodes[x].id = id;
     w->arena.nodes[x].when = to_tick(deadline);
-    ix_put(&w->index, h, x);
+    ix_put(&w->index, w->arena.nodes, h, x);
     place(w, x);
     w->count++;
     return WHEEL_OK;
@@ -327,7 +327,7 @@ int wheel_insert(wheel_t *w, int64_t id, int64_t deadline) {
 
 static void remove_node(wheel_t *w, size_t pos, uint32_t x) {
     unlink_node(w, x);
-    ix_erase_at(&w->index, pos);
+    ix_erase_at(&w->index, w->arena.nodes, pos);
     arena_release(&w->arena, x);
     w->count--;
 }
@@ -531,7 +531,7 @@ void wheel_collect(wheel_t *w, int64_t *dst) {
         uint32_t x = fired[k];
         int64_t id = nodes[x].id;
         dst[k] = id;
-        ix_remove(&w->index, ix_hash(id), x);
+        ix_remove(&w->index, nodes, ix_hash(id), x);
         arena_release(&w->arena, x);
     }
     w->count -= n;

@@ -191,6 +191,12 @@ class RecoveryStats:
     seconds: float = 0.0
 
 
+# ItemResult / Delivery built with tuple.__new__: NamedTuple's own __new__ is a
+# Python-level function (~2x the cost), and these are built once per job on
+# the fire and ack paths.
+_new_tuple = tuple.__new__
+
+
 def _in_batch(exc: WheelschedError, index: int) -> WheelschedError:
     """The same error, naming ``jobs[index]`` instead of ``job`` (batches
     validate with the plain name, so no per-job field strings are built)."""
@@ -438,9 +444,10 @@ class Engine:
         durable, so this is still write-ahead at the granularity of a call.
         """
         shard.apply(op)
-        ops = self._unlogged.get(shard)
+        unlogged = self._unlogged
+        ops = unlogged.get(shard)
         if ops is None:
-            self._unlogged[shard] = [op]
+            unlogged[shard] = [op]
         else:
             ops.append(op)
 
@@ -737,7 +744,9 @@ class Engine:
     def _update(self, shard: Shard, job: Job, **status: Any) -> None:
         """Log and apply a change of ``job``'s status fields."""
         if job.state == _DISPATCHED:
-            self._end_lease(shard.id, job.id)
+            sub = self._lease_owner.pop((shard.id, job.id), None)
+            if sub is not None:
+                sub.in_flight -= 1
         op = [UPDATE, job.id, *job[STATUS_START:]]
         for name, value in status.items():
             op[_OP_INDEX[name]] = value
@@ -846,14 +855,17 @@ class Engine:
         WheelschedError (stale epoch, not leased, bad value) fails only that
         item and changes nothing. ``act`` returns a new lease deadline or 0."""
         results = []
+        add = results.append
+        leased = self._leased
         for item in items:
+            job_id, attempt, epoch = item[0], item[1], item[2]
             try:
-                shard, job = self._leased(item.job_id, item.attempt, item.epoch)
+                shard, job = leased(job_id, attempt, epoch)
                 deadline = act(shard, job, item)
             except WheelschedError as exc:
-                results.append(ItemResult(item.job_id, item.attempt, exc))
+                add(ItemResult(job_id, attempt, exc))
                 continue
-            results.append(ItemResult(item.job_id, item.attempt, None, deadline))
+            add(_new_tuple(ItemResult, (job_id, attempt, None, deadline)))
         return results
 
     def ack(self, items: Sequence[AckItem]) -> tuple[list[ItemResult], Waits]:
@@ -1136,6 +1148,7 @@ class Engine:
         per_shard: dict[Shard, list] = {}
         per_sub: dict[Subscription, list] = {}
         owner = self._lease_owner
+        heappop = heapq.heappop
         for queue in list(self._ready):
             subs = [s for s in self._subs.get(queue, ()) if s.in_flight < s.max_in_flight]
             if not subs:
@@ -1144,26 +1157,30 @@ class Engine:
             turn = self._rr.get(queue, 0)
             sent = 0
             while heap and subs:
-                _, due, _, shard_id, num = heapq.heappop(heap)
+                _, due, _, shard_id, num = heappop(heap)
                 shard = shards[shard_id]
-                if shard is None or num not in shard.ready:
-                    continue  # changed since it fired (cancelled), or handed over
-                shard.ready.discard(num)
+                if shard is None:
+                    continue  # handed over since it fired
+                shard_ready = shard.ready
+                if num not in shard_ready:
+                    continue  # changed since it fired (cancelled)
+                shard_ready.discard(num)
                 job = shard.jobs[shard.by_num[num]]
+                job_id = job.id
                 turn = (turn + 1) % len(subs)
                 sub = subs[turn]
                 sub.in_flight += 1
                 if sub.in_flight >= sub.max_in_flight:
                     subs.pop(turn)
-                owner[(shard_id, job.id)] = sub
+                owner[(shard_id, job_id)] = sub
                 items = per_shard.get(shard)
                 if items is None:
                     items = per_shard[shard] = []
-                items.append([job.id, job.attempt + 1, now + job.lease_us])
+                items.append([job_id, job.attempt + 1, now + job.lease_us])
                 lst = per_sub.get(sub)
                 if lst is None:
                     lst = per_sub[sub] = []
-                lst.append((shard, job.id, due))
+                lst.append((shard, job_id, due))
                 sent += 1
             if sent:
                 self._qrow(queue)[_Q_DISPATCHED] += sent
@@ -1176,7 +1193,7 @@ class Engine:
             self._write(shard, [DISPATCH, items])
             self.counters["dispatched"] += len(items)
         for sub, lst in per_sub.items():
-            sub.deliver([Delivery(shard.jobs[job_id], shard.id, shard.epoch, due)
+            sub.deliver([_new_tuple(Delivery, (shard.jobs[job_id], shard.id, shard.epoch, due))
                          for shard, job_id, due in lst])
 
     # ------------------------------------------------------------------ status

@@ -97,13 +97,14 @@ class Shard:
         code = op[0]
         jobs = self.jobs
         if code == DISPATCH:
+            store = self._store
             for job_id, attempt, deadline in op[1]:
                 old = jobs[job_id]
                 values = list(old)
                 values[_STATE] = _DISPATCHED
                 values[_ATTEMPT] = attempt
                 values[_NEXT_US] = deadline
-                self._store(old, make_job(values))
+                store(old, make_job(values))
         elif code == UPDATE:
             old = jobs[op[1]]
             self._store(old, make_job(old[:STATUS_START] + tuple(op[2:])))
@@ -193,17 +194,20 @@ class Shard:
         return -(-us // self.tick_us)
 
     def _store(self, old: Job | None, new: Job) -> None:
+        # Runs for every state change: locals and inlined helpers on purpose.
         num = new.num
+        state = new.state
+        replaying = self.replaying
         if old is None:
             self._sorted_ids = None
             self.by_num[num] = new.id
             if num >= self.next_num:
                 self.next_num = num + 1
         else:
-            if not self.replaying:
+            if not replaying:
                 self.wheel.cancel(num)
                 self.ready.discard(num)
-            # _count(old.state, -1), inlined: this runs for every state change
+            # _count(old.state, -1), inlined
             was = old.state
             if was == _SCHEDULED:
                 self.active -= 1
@@ -212,10 +216,9 @@ class Shard:
                 self.in_flight -= 1
             elif was == _WAITING:
                 self.active -= 1
-                if new.state != _WAITING:  # cancelled while waiting: it waits no more
+                if state != _WAITING:  # cancelled while waiting: it waits no more
                     self._unlink(new.id, self.deps[new.id])
         self.jobs[new.id] = new
-        state = new.state
         if state == _SCHEDULED:
             self.active += 1
         elif state == _DISPATCHED:
@@ -223,7 +226,7 @@ class Shard:
             self.in_flight += 1
         elif state == _WAITING:
             self.active += 1
-        if self.replaying:
+        if replaying:
             return
         if state == _SCHEDULED or state == _DISPATCHED:  # noqa: SIM109 - cheaper than a tuple test
             self.wheel.insert(num, -(-new.next_us // self.tick_us))
