@@ -149,12 +149,7 @@ class Shard:
     def end_replay(self) -> None:
         """Arm every job's timer with one ``insert_many`` call."""
         self.replaying = False
-        # Ownership (cluster mode, DESIGN §6): a shard fires only once its
-        # new epoch is durable, and stops firing (but still takes acks) while
-        # it is handed over. A standalone node's shards always fire.
-        self.firing = False
-        self.draining = False
-        self._sorted_ids: list[str] | None = None  # for listing; None when jobs came or went
+        self._sorted_ids = None  # for listing; None when jobs came or went
         nums = array("q")
         ticks = array("q")
         tick_of = self.tick_of
