@@ -313,12 +313,15 @@ class Client:
         # own shards (all or nothing), so parts owned by different nodes are
         # independent, like chunks.
         pending = builtins.list(range(len(protos)))
-        deadline = time.monotonic() + self.timeout
+        deadline = time.monotonic() + self.timeout  # for riding out owner changes
         pause = RETRY_INITIAL
         while pending:
             groups: dict[str, builtins.list[int]] = {}
-            for i in pending:
-                groups.setdefault(self._address_for(self._shard(protos[i].id)), []).append(i)
+            if self.clustered:
+                for i in pending:
+                    groups.setdefault(self._address_for(self._shard(protos[i].id)), []).append(i)
+            else:
+                groups[self._seeds[0]] = pending
             pending = []
             for address, indexes in groups.items():
                 for start in range(0, len(indexes), chunk):
@@ -326,14 +329,17 @@ class Client:
                     request = scheduler_pb2.BatchScheduleJobsRequest(
                         jobs=[protos[i] for i in part], view=view_v)
                     try:
-                        response = self._batch_at(address, request)
-                    except errors.NotOwner as err:
-                        if self._map is None:
-                            self.refresh_shard_map()
-                        if self._map is None or time.monotonic() + pause > deadline:
+                        response = self._call_at(address, "scheduler", "BatchScheduleJobs", request)
+                    except errors.Unavailable as err:
+                        # a redirect, or (in a cluster) a node down or between
+                        # owners: regroup this part by a fresh map and retry
+                        redirect = isinstance(err, errors.NotOwner)
+                        if redirect or self.clustered:
+                            self.refresh_shard_map(avoid="" if redirect else address)
+                        if not self.clustered or time.monotonic() + pause > deadline:
                             err.scheduled = done  # type: ignore[attr-defined]
                             raise
-                        pending.extend(part)  # regroup by the new map
+                        pending.extend(part)
                         continue
                     except errors.WheelschedError as err:
                         err.scheduled = done  # type: ignore[attr-defined]
@@ -341,32 +347,11 @@ class Client:
                     for i, m in zip(part, response.jobs, strict=True):
                         out[i] = job_from_proto(m)
                         done.append(out[i])
+                    deadline = time.monotonic() + self.timeout  # progress: a fresh allowance
             if pending:
                 time.sleep(pause)
                 pause = min(pause * 2, RETRY_MAX)
         return out  # type: ignore[return-value]
-
-    def _batch_at(self, address: str, request: Any) -> Any:
-        """One batch to the node that should own all of it; a cluster node
-        that is down or between owners is retried via the refreshed map."""
-        if not self.clustered:
-            return self._call_at(address, "scheduler", "BatchScheduleJobs", request)
-        deadline = time.monotonic() + self.timeout
-        pause = RETRY_INITIAL
-        while True:
-            try:
-                return self._call_at(address, "scheduler", "BatchScheduleJobs", request,
-                                     max(deadline - time.monotonic(), 0.001))
-            except errors.NotOwner:
-                self.refresh_shard_map()
-                raise
-            except errors.Unavailable:
-                if time.monotonic() + pause > deadline:
-                    raise
-                time.sleep(pause)
-                pause = min(pause * 2, RETRY_MAX)
-                if self.refresh_shard_map(avoid=address) is not None:
-                    raise errors.NotOwner(-1) from None  # regroup by the new map
 
     # ------------------------------------------------------------ reading and changing
 

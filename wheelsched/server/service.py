@@ -64,8 +64,6 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     async def _remote_dependencies(self, reqs) -> dict | None:
         """Cluster mode: the state of dependencies on other nodes' shards,
         from their owners, for the engine to check and resolve them."""
-        if self.node.member is None:
-            return None
         ids = self.engine.remote_dependencies_of(reqs)
         return await self.node.fetch_job_states(ids, strict=True) if ids else None
 
@@ -82,7 +80,8 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     async def ScheduleJob(self, request, context):
         self.node.check_writable()
         req = convert.job_request(request.job)
-        jobs, waits = self.engine.schedule([req], await self._remote_dependencies([req]))
+        remote = await self._remote_dependencies([req]) if self.node.member else None
+        jobs, waits = self.engine.schedule([req], remote)
         self.node.after_write()
         await self.node.wait_durable(waits)
         job = jobs[0]
@@ -95,7 +94,8 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         if len(request.jobs) > limit:
             raise ResourceExhausted(f"jobs: {len(request.jobs)} jobs exceeds the batch limit of {limit}")
         reqs = [convert.job_request(pb, f"jobs[{i}]") for i, pb in enumerate(request.jobs)]
-        jobs, waits = self.engine.schedule(reqs, await self._remote_dependencies(reqs))
+        remote = await self._remote_dependencies(reqs) if self.node.member else None
+        jobs, waits = self.engine.schedule(reqs, remote)
         self.node.after_write()
         await self.node.wait_durable(waits)
         resp = scheduler_pb2.BatchScheduleJobsResponse()
