@@ -14,7 +14,8 @@ scheduler reports). Each mode runs in a fresh subprocess.
 * ``engine``: ``Engine`` (16 shards, 100 µs ticks, the C wheel) with the
   node's ``Ticker`` thread waking an asyncio loop through
   ``call_soon_threadsafe``, exactly as ``Node`` wires them; logs are real
-  ``WriteAheadLog``s with fsync ``never`` (``--engine-log mem``: MemoryLog).
+  ``WriteAheadLog``s with fsync ``never`` sharing one writer thread, as in
+  the node (``--engine-log mem``: MemoryLog).
   The P pending jobs are scheduled first, then ``gc.collect(); gc.freeze()``
   as the node does after recovery. All N jobs are scheduled ahead of time
   (``engine.schedule``, batches of 10,000) before the first is due. The
@@ -141,16 +142,18 @@ def _engine_child(args: argparse.Namespace, rates: list[float], out_dir: Path) -
     from wheelsched.engine import AckItem, Engine, EngineConfig, JobRequest
     from wheelsched.engine.memlog import MemoryLog
     from wheelsched.server.ticker import Ticker, wall_us
-    from wheelsched.wal import WALOptions, WriteAheadLog
+    from wheelsched.wal import Committer, WALOptions, WriteAheadLog
     from wheelsched.wheel import TimingWheel
 
     log_dir = out_dir / "engine-wal"
+    committer = Committer()  # one writer thread for all shards, as the node has
     if args.engine_log == "mem":
         def open_log(shard: int) -> Any:
             return MemoryLog()
     else:
         def open_log(shard: int) -> Any:
-            return WriteAheadLog(log_dir / f"{shard:04d}", WALOptions(fsync="never"), meta={"shard": shard})
+            return WriteAheadLog(log_dir / f"{shard:04d}", WALOptions(fsync="never"), meta={"shard": shard},
+                                 committer=committer)
 
     engine = Engine(EngineConfig(shard_count=16, tick_us=args.tick_us), clock=wall_us,
                     open_log=open_log, wheel_factory=TimingWheel)
@@ -227,6 +230,7 @@ def _engine_child(args: argparse.Namespace, rates: list[float], out_dir: Path) -
 
     asyncio.run(main())
     engine.close()
+    committer.close()
     return results
 
 

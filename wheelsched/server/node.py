@@ -52,7 +52,7 @@ from wheelsched.v1 import (
     worker_pb2,
     worker_pb2_grpc,
 )
-from wheelsched.wal import WALOptions, WriteAheadLog
+from wheelsched.wal import Committer, WALOptions, WriteAheadLog
 from wheelsched.wheel import TimingWheel
 
 log = logging.getLogger("wheelsched.node")
@@ -148,6 +148,8 @@ class Node:
             snapshot_every_records=config.snapshot_every_records,
             snapshot_every_bytes=config.snapshot_every_bytes,
             slow_fsync_seconds=config.slow_fsync_ms / 1000.0)
+        # One writer thread for every shard's log (see wheelsched/wal/committer.py).
+        self._committer = Committer()
         self.engine = Engine(
             EngineConfig(shard_count=config.shard_count, tick_us=config.tick_us, limits=config.limits),
             clock=wall_us, open_log=self._open_log, wheel_factory=TimingWheel)
@@ -178,7 +180,8 @@ class Node:
         return Path(self.config.data_dir) / "shards" / f"{shard_id:04d}"
 
     def _open_log(self, shard_id: int) -> WriteAheadLog:
-        return WriteAheadLog(self._shard_dir(shard_id), self._wal_options, meta={"shard": shard_id})
+        return WriteAheadLog(self._shard_dir(shard_id), self._wal_options, meta={"shard": shard_id},
+                             committer=self._committer)
 
     def _open_fenced_log(self, shard_id: int, epoch: int) -> WriteAheadLog:
         """Cluster mode: the log of a shard this node just claimed. The fence
@@ -186,7 +189,7 @@ class Node:
         past its lease, say), and a new segment keeps its late writes apart."""
         return WriteAheadLog(self._shard_dir(shard_id), self._wal_options,
                              meta={"shard": shard_id, "epoch": epoch},
-                             fence=f"{epoch} {self.node_id}")
+                             fence=f"{epoch} {self.node_id}", committer=self._committer)
 
     # -- used by the servicers --------------------------------------------------
 
@@ -588,6 +591,7 @@ class Node:
         # Every op applied is in the log queue; close() writes and fsyncs it.
         self._logs_closed = True
         await asyncio.get_running_loop().run_in_executor(None, engine.close)
+        await asyncio.get_running_loop().run_in_executor(None, self._committer.close, 5.0)
         if self._remote_deps is not None:
             self._remote_deps.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -172,6 +172,7 @@ writes and fsyncs everything queued (a deposed log writes nothing).
 
 from __future__ import annotations
 
+from .committer import Committer
 from .decoder import Record
 from .format import OP, SNAPSHOT, CorruptLogError, FencedError, LogFailedError, WALError
 from .log import WALOptions, WriteAheadLog
@@ -179,6 +180,7 @@ from .log import WALOptions, WriteAheadLog
 __all__ = [
     "OP",
     "SNAPSHOT",
+    "Committer",
     "CorruptLogError",
     "FencedError",
     "LogFailedError",

@@ -5,10 +5,12 @@ Threads:
 * callers (any thread or asyncio task) encode and frame their record in
   ``append`` and put it on a queue under a short lock that also assigns the
   sequence number, so queue order == seq order;
-* ONE writer thread takes everything queued, writes it with one ``write``
-  (splitting only at a segment roll), fsyncs once per the policy and
-  publishes the new durable seq: one ``notify_all`` for thread waiters and at
-  most one ``loop.call_soon_threadsafe`` per event loop that has waiters;
+* ONE writer thread (a ``Committer``, committer.py; shared by all of a
+  node's logs, or private to this log) takes everything queued, writes it
+  with one ``write`` (splitting only at a segment roll), fsyncs once per the
+  policy and publishes the new durable seq: one ``notify_all`` for thread
+  waiters and at most one ``loop.call_soon_threadsafe`` per event loop that
+  has waiters;
 * at most one snapshot thread at a time.
 
 A write or fsync error is fatal: after a failed fsync Linux may have dropped
@@ -47,6 +49,7 @@ import msgpack
 from crc32c import crc32c
 
 from . import repair
+from .committer import Committer
 from .decoder import Batch, ProgressFn, Record, Recovery, _make_record, segment_inodes
 from .format import (
     CRC_STRUCT,
@@ -141,6 +144,7 @@ class WriteAheadLog:
         meta: Any = None,
         fence: str | None = None,
         *,
+        committer: Committer | None = None,
         _faults: Any = None,
     ) -> None:
         self.directory = Path(directory)
@@ -168,13 +172,12 @@ class WriteAheadLog:
 
         # append queue (guarded by _qlock)
         self._qlock = threading.Lock()
-        self._qcv = threading.Condition(self._qlock)
         self._accepting = False
         self._refusal: Callable[[], Exception] = lambda: WALError("log is not open (call open())")
         self._pending: list[bytes] = []
         self._pending_first = 1
         self._last_seq = 0
-        self._writer_idle = False
+        self._queued = False  # on the committer's ready list (or being taken)
         self._closing = False
         self._sync_requests = 0
         self._snap_records = 0
@@ -199,7 +202,9 @@ class WriteAheadLog:
         self._seg_header = 0
         self._written_seq = 0
         self._next_fsync = 0.0
-        self._writer: threading.Thread | None = None
+        self._committer = committer
+        self._own_committer = committer is None
+        self._writer_done = threading.Event()  # the committer is finished with this log
         self._snap_thread: threading.Thread | None = None
         self._snap_error: BaseException | None = None
         self._covered = 0
@@ -410,9 +415,10 @@ class WriteAheadLog:
         self._next_fsync = time.monotonic() + self._interval
         with self._qlock:
             self._accepting = True
+        if self._committer is None:
+            self._committer = Committer()
+        self._committer.attach(self)
         self._opened = True
-        self._writer = threading.Thread(target=self._writer_main, name="wal-writer", daemon=True)
-        self._writer.start()
 
     def _open_standalone(self, rec: Recovery) -> None:
         if rec.temps:
@@ -517,8 +523,9 @@ class WriteAheadLog:
             self._pending.append(CRC_STRUCT.pack(crc32c(body)) + body)
             self._snap_records += 1
             self._snap_bytes += n + 16
-            if self._writer_idle:
-                self._qcv.notify()
+            if not self._queued:
+                self._queued = True
+                self._committer.wake(self)  # type: ignore[union-attr]  # open: accepting
         return seq
 
     def append_many(self, payloads: Iterable[Any]) -> int:
@@ -540,8 +547,9 @@ class WriteAheadLog:
             self._last_seq = seq
             self._snap_records += len(datas)
             self._snap_bytes += sum(map(len, frames))
-            if self._writer_idle and datas:
-                self._qcv.notify()
+            if datas and not self._queued:
+                self._queued = True
+                self._committer.wake(self)  # type: ignore[union-attr]  # open: accepting
         return seq
 
     def _append_internal(self, rtype: int, payload: Any) -> int:
@@ -552,8 +560,9 @@ class WriteAheadLog:
             seq = self._last_seq + 1
             self._last_seq = seq
             self._pending.append(frame(rtype, seq, data))
-            if self._writer_idle:
-                self._qcv.notify()
+            if not self._queued:
+                self._queued = True
+                self._committer.wake(self)  # type: ignore[union-attr]  # open: accepting
         return seq
 
     # ------------------------------------------------------------------ waiting
@@ -644,71 +653,102 @@ class WriteAheadLog:
                     self._scheduled.discard(loop)
 
     # ------------------------------------------------------------------ writer
-    def _writer_main(self) -> None:
-        always = self._mode == "always"
-        interval = self._mode == "interval"
-        fenced = self._fence_id is not None
-        try:
-            while True:
-                with self._qcv:
-                    while not self._pending and not self._closing and not self._sync_requests:
-                        timeout = None
-                        if interval and self._written_seq > self._synced_seq:
-                            timeout = self._next_fsync - time.monotonic()
-                            if timeout <= 0:
-                                break
-                        self._writer_idle = True
-                        self._qcv.wait(timeout)
-                        self._writer_idle = False
-                    if self._failed is not None:
-                        return  # failed elsewhere (check_fence): write nothing more
-                    batch = self._pending
-                    first = self._pending_first
-                    self._pending = []
-                    self._pending_first = first + len(batch)
-                    closing = self._closing
-                    sync_req = self._sync_requests
-                    self._sync_requests = 0
-                if batch:
-                    if fenced:
-                        self._require_fence()  # a deposed writer writes nothing
-                    self._hit("write.before_write")  # fence confirmed, nothing written yet
-                    size = self._write_batch(batch, first)
-                    n = len(batch)
-                    self._written_seq = first + n - 1
-                    self._st_batches += 1
-                    self._st_records += n
-                    self._st_bytes += size
-                    self._st_batch_counts[bisect.bisect_left(BATCH_BUCKETS, n)] += 1
-                    if n > self._st_batch_max:
-                        self._st_batch_max = n
-                synced = self._synced_seq
-                dirty = self._written_seq > synced
-                if dirty and (
-                    always
-                    or closing
-                    or sync_req
-                    or (interval and time.monotonic() >= self._next_fsync)
-                ):
+    # The three steps of a commit round, run on the committer's thread (see
+    # committer.py): write (every log of the round), fsync, publish. A step
+    # that fails fails this log (and it leaves the committer); it returns
+    # None then, and the round goes on without it.
+
+    def _finish(self) -> None:
+        """The committer is done with this log: closed and drained, or failed."""
+        if not self._writer_done.is_set():
+            self._writer_done.set()
+            self._committer._detach(self)  # type: ignore[union-attr]
+
+    def _commit_write(self) -> tuple[int, bool, int] | None:
+        """Take the queue and write it: (records written, closing, sync requests)."""
+        with self._qlock:
+            self._queued = False
+            if self._failed is not None or self._writer_done.is_set():
+                failed = True
+            else:
+                failed = False
+                batch = self._pending
+                first = self._pending_first
+                self._pending = []
+                self._pending_first = first + len(batch)
+                closing = self._closing
+                sync_req = self._sync_requests
+                self._sync_requests = 0
+        if failed:
+            self._finish()  # failed elsewhere (e.g. check_fence): write nothing more
+            return None
+        n = len(batch)
+        if n:
+            try:
+                if self._fence_id is not None:
+                    self._require_fence()  # a deposed writer writes nothing
+                self._hit("write.before_write")  # fence confirmed, nothing written yet
+                size = self._write_batch(batch, first)
+            except BaseException as exc:  # any writer failure is fatal for the log
+                self._fail(exc)
+                self._finish()
+                return None
+            self._written_seq = first + n - 1
+            self._st_batches += 1
+            self._st_records += n
+            self._st_bytes += size
+            self._st_batch_counts[bisect.bisect_left(BATCH_BUCKETS, n)] += 1
+            if n > self._st_batch_max:
+                self._st_batch_max = n
+        return n, closing, sync_req
+
+    def _commit_sync(self, state: tuple[int, bool, int]) -> int | None:
+        """fsync if the policy (or a close or sync request) asks: the synced seq."""
+        _, closing, sync_req = state
+        synced = self._synced_seq
+        if self._written_seq > synced:
+            mode = self._mode
+            if (mode == "always" or closing or sync_req
+                    or (mode == "interval" and time.monotonic() >= self._next_fsync)):
+                try:
                     self._fsync()
-                    synced = self._written_seq
-                    if interval:
-                        self._next_fsync = time.monotonic() + self._interval
-                elif sync_req:
-                    synced = self._written_seq
-                if batch or synced != self._synced_seq or sync_req:
-                    if fenced:
-                        # Acknowledge only what was written (and synced)
-                        # while the fence was ours: a takeover installs its
-                        # fence before it reads, so it reads all of it.
-                        self._require_fence()
-                    self._publish(synced if always else self._written_seq, synced)
-                if closing:
-                    with self._qlock:
-                        if not self._pending:
-                            break
-        except BaseException as exc:  # any writer failure is fatal for the log
-            self._fail(exc)
+                except BaseException as exc:
+                    self._fail(exc)
+                    self._finish()
+                    return None
+                synced = self._written_seq
+                if mode == "interval":
+                    self._next_fsync = time.monotonic() + self._interval
+            elif sync_req:
+                synced = self._written_seq
+        return synced
+
+    def _commit_publish(self, state: tuple[int, bool, int], synced: int) -> bool:
+        """Release the waiters of what is now durable. True: an ``interval``
+        fsync is still owed (the committer wakes at ``_next_fsync``)."""
+        n, closing, sync_req = state
+        if n or synced != self._synced_seq or sync_req:
+            if self._fence_id is not None:
+                # Acknowledge only what was written (and synced) while the
+                # fence was ours: a takeover installs its fence before it
+                # reads, so it reads all of it.
+                try:
+                    self._require_fence()
+                except BaseException as exc:
+                    self._fail(exc)
+                    self._finish()
+                    return False
+            self._publish(synced if self._mode == "always" else self._written_seq, synced)
+        if closing:
+            with self._qlock:
+                drained = not self._pending
+                if not drained and not self._queued:
+                    self._queued = True
+                    self._committer.wake(self)  # type: ignore[union-attr]
+            if drained:
+                self._finish()
+                return False
+        return self._mode == "interval" and self._written_seq > self._synced_seq
 
     def _fsync(self) -> None:
         self._hit("fsync")
@@ -851,7 +891,6 @@ class WriteAheadLog:
                 self._accepting = False
                 self._refusal = self._failure
                 self._pending = []
-            self._qcv.notify_all()
         if not first:
             return
         if isinstance(err, FencedError):
@@ -901,9 +940,11 @@ class WriteAheadLog:
 
     def _request_sync(self, seq: int) -> None:
         """Block until the log is fsynced through ``seq`` (whatever the policy)."""
-        with self._qcv:
+        with self._qlock:
             self._sync_requests += 1
-            self._qcv.notify()
+            if not self._queued and not self._writer_done.is_set():
+                self._queued = True
+                self._committer.wake(self)  # type: ignore[union-attr]
         with self._dcv:
             while self._synced_seq < seq:
                 if self._failed is not None:
@@ -1031,9 +1072,13 @@ class WriteAheadLog:
             if self._failed is None:
                 self._refusal = lambda: LogFailedError("write-ahead log is closed")
             self._accepting = False
-            self._qcv.notify_all()
-        if self._writer is not None:
-            self._writer.join()
+            if self._opened and not self._queued and not self._writer_done.is_set():
+                self._queued = True
+                self._committer.wake(self)  # type: ignore[union-attr]
+        if self._opened:
+            self._writer_done.wait()  # written, synced and published: the committer let go
+        if self._own_committer and self._committer is not None:
+            self._committer.close()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

@@ -1,0 +1,130 @@
+"""``Committer``: the writer thread, one per node, shared by all its logs.
+
+Why one thread and not one per log
+----------------------------------
+A node has one log per shard (16 by default) and the engine appends to
+every shard an engine call touched, at the end of that call. With a writer
+thread per log, one tick that fired jobs on 10 shards woke 10 threads, and
+each of them had to take the GIL from the event loop to write a few hundred
+bytes. The loop (and the ticker thread that wakes it) then waited for the
+GIL behind them: in-process fire lateness at 20,000 jobs/s with 1M jobs
+pending was p50 0.49 ms with 16 writer threads, 0.22 ms with 4, and
+0.16 ms with no log at all. One thread per node wakes once per engine call,
+whatever the number of shards.
+
+One round
+---------
+The thread sleeps until a log queues records (``WriteAheadLog.append`` wakes
+it when the log's queue goes from empty to non-empty, so a burst of appends
+costs one wake-up), a log asks for a sync, closes, or an ``interval`` fsync
+falls due. Then, for every log with work, in three passes:
+
+1. take its queue and write it with one ``write`` (the log's own code:
+   segment rolls, the fence check before writing);
+2. fsync the logs whose policy asks for it (one after the other);
+3. publish each log's new durable seq (the fence check before publishing).
+
+Writing every batch before the first fsync lets the disk work on all of
+them at once, and no log's waiters are released before its data is synced.
+The fsyncs of one round are sequential, so with ``always`` a round that
+touched n shards takes n fsyncs (about 0.1 ms each on this machine's disk);
+records appended meanwhile wait for the next round and are committed
+together (group commit across shards as well as within one).
+
+A failure of one log (an I/O error, being fenced) fails that log only; the
+thread carries on with the others. A log opened without a committer gets
+a private one, which ends when the log closes: a single log behaves as it
+always did.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .log import WriteAheadLog
+
+
+class Committer:
+    """Writes, fsyncs and publishes for any number of ``WriteAheadLog``\\ s."""
+
+    def __init__(self, name: str = "wal-writer") -> None:
+        self.name = name
+        self._cv = threading.Condition(threading.Lock())
+        self._ready: list[WriteAheadLog] = []  # logs with work; each at most once (its _queued flag)
+        self._timed: set[WriteAheadLog] = set()  # interval logs with written, unsynced data
+        self._members = 0
+        self._idle = False
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    def attach(self, wal: WriteAheadLog) -> None:
+        """A log opened: start the thread with the first member."""
+        with self._cv:
+            if self._stopping:
+                raise RuntimeError(f"committer {self.name} is closed")
+            self._members += 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._main, name=self.name, daemon=True)
+                self._thread.start()
+
+    def wake(self, wal: WriteAheadLog) -> None:
+        """``wal`` has work (the caller set its ``_queued`` flag first, so a
+        log is on the ready list at most once)."""
+        with self._cv:
+            self._ready.append(wal)
+            if self._idle:
+                self._cv.notify()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop the thread once every member has closed (idempotent)."""
+        with self._cv:
+            self._stopping = True
+            self._cv.notify()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    # ------------------------------------------------------------------ thread
+    def _next_batch(self) -> list[WriteAheadLog] | None:
+        """Wait for work; None when stopping with no member left."""
+        with self._cv:
+            while not self._ready:
+                if self._stopping and self._members <= 0:
+                    return None
+                timeout = None
+                if self._timed:
+                    now = time.monotonic()
+                    due = [w for w in self._timed if w._next_fsync <= now]
+                    if due:
+                        return due
+                    timeout = min(w._next_fsync for w in self._timed) - now
+                self._idle = True
+                self._cv.wait(timeout)
+                self._idle = False
+            ready, self._ready = self._ready, []
+            return ready
+
+    def _detach(self, wal: WriteAheadLog) -> None:
+        """``wal`` closed or failed: it leaves (called once per log, by the log)."""
+        with self._cv:
+            self._members -= 1
+            self._timed.discard(wal)
+            if self._stopping and self._members <= 0:
+                self._cv.notify()
+
+    def _main(self) -> None:
+        while (wals := self._next_batch()) is not None:
+            # Each step handles its log's errors itself (the log fails, and
+            # leaves); None means the log is finished for this round.
+            written = [(w, s) for w in wals if (s := w._commit_write()) is not None]
+            synced = [(w, s, t) for w, s in written if (t := w._commit_sync(s)) is not None]
+            for wal, state, through in synced:
+                timed = wal._commit_publish(state, through)
+                with self._cv:
+                    if timed:
+                        self._timed.add(wal)
+                    else:
+                        self._timed.discard(wal)
