@@ -86,8 +86,14 @@ def extensions() -> list[Extension]:
         include_dirs=["csrc"],
         extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-function"],
     )
+    ticker = Extension(
+        "wheelsched._ticker_c",
+        sources=["wheelsched/_ticker_c.pyx", "csrc/waketimer.c"],
+        include_dirs=["csrc"],
+        extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-function"],
+    )
     gc_util = Extension("wheelsched._gc_c", sources=["wheelsched/_gc_c.pyx"])
-    return cythonize([ext, walscan, gc_util], language_level=3,
+    return cythonize([ext, walscan, ticker, gc_util], language_level=3,
                      compiler_directives={"embedsignature": True})
 
 

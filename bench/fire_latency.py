@@ -12,8 +12,9 @@ hands - its due time (the due time the benchmark chose, not one the
 scheduler reports). Each mode runs in a fresh subprocess.
 
 * ``engine``: ``Engine`` (16 shards, 100 µs ticks, the C wheel) with the
-  node's ``Ticker`` thread waking an asyncio loop through
-  ``call_soon_threadsafe``, exactly as ``Node`` wires them; logs are real
+  node's ``Ticker`` waking an asyncio loop (the C one: a GIL-free thread
+  and an eventfd; the Python one: a thread calling
+  ``call_soon_threadsafe``), exactly as ``Node`` wires them; logs are real
   ``WriteAheadLog``s with fsync ``never`` sharing one writer thread, as in
   the node (``--engine-log mem``: MemoryLog).
   The P pending jobs are scheduled first, then ``gc.collect(); gc.freeze()``
