@@ -163,6 +163,43 @@ def test_worker_runs_due_jobs_and_acks(client: Client, node: NodeProcess, queue:
     assert job.state == "SUCCEEDED" and job.finish_time is not None and d.epoch == job.epoch
 
 
+class CountingWorker(Worker):
+    """Counts the requests the worker's stream sends and the acks in them."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.requests_sent = 0
+        self.acks_sent = 0
+
+    def _requests(self, gen):  # type: ignore[override]
+        for req in super()._requests(gen):
+            self.requests_sent += 1
+            self.acks_sent += len(req.acks)
+            yield req
+
+
+def test_worker_batches_acks_under_load_and_sends_a_lone_ack_at_once(
+        client: Client, node: NodeProcess, queue: str) -> None:
+    rec = Collector()
+    n = 3000
+    with CountingWorker(node.target, [queue], rec, concurrency=4, max_in_flight=2000) as w:
+        # a lone job: its ack is not held back waiting for company
+        client.schedule(queue, id=f"{queue}-lone", delay=0.0)
+        assert wait_until(lambda: w.succeeded == 1)
+        sent_at = time.monotonic()
+        assert wait_until(lambda: len(list(client.list(queue, states=["SUCCEEDED"]))) == 1, 2.0)
+        assert time.monotonic() - sent_at < 1.0
+        # a steady stream (5,000 jobs/s, one every 0.2 ms): acks share requests
+        before = w.requests_sent
+        start = time.time() + 0.5
+        client.schedule_many([{"queue": queue, "id": f"{queue}-{i:05}", "due": start + i / 5000}
+                              for i in range(n)])
+        assert wait_until(lambda: w.succeeded == n + 1, 60), (w.received, w.succeeded, w.ack_errors)
+    assert w.acks_sent == n + 1 and w.ack_errors == 0
+    stream_requests = w.requests_sent - before
+    assert stream_requests <= n / 5, f"{stream_requests} requests carried {n} acks"
+
+
 def test_failing_handler_retries_then_dead(client: Client, node: NodeProcess, queue: str) -> None:
     healthy = threading.Event()
 

@@ -57,6 +57,15 @@ _FATAL_CODES = frozenset(
 )
 MAX_ERROR_TEXT = 2000  # handler error text sent in an ack (repr can be huge)
 _MIN_LEASE_S = 0.1
+# Ack batching. Every request costs the node a fixed amount of event-loop
+# time (an engine call, a log append, a confirmation message) whatever its
+# size, so while acks keep coming the request generator waits up to
+# _ACK_LINGER_S for _ACK_BATCH of them before sending. It lingers only when
+# the stream is busy (the previous request went out less than
+# _ACK_BUSY_S ago): an ack that comes alone goes out at once.
+_ACK_BATCH = 256
+_ACK_LINGER_S = 0.001
+_ACK_BUSY_S = 0.005
 
 
 class PermanentFailure(Exception):
@@ -399,16 +408,21 @@ class Worker:
         yield worker_pb2.StreamJobsRequest(
             queues=self.queues, max_in_flight=self.max_in_flight, worker_id=self.worker_id
         )
+        last_sent = 0.0
         while True:
             with self._lock:
                 while not (self._acks or self._exts or self._closing) and self._conn_gen == gen:
                     self._out_cv.wait()
+                if (len(self._acks) < _ACK_BATCH and not self._closing and self._conn_gen == gen
+                        and time.monotonic() - last_sent < _ACK_BUSY_S):
+                    self._out_cv.wait(_ACK_LINGER_S)  # woken early by a full batch or a close
                 if self._conn_gen != gen or not (self._acks or self._exts):
                     return  # stream replaced, or closing with nothing left: half-close
                 acks, self._acks = self._acks, []
                 exts, self._exts = self._exts, []
                 for a in acks:
                     self._unconfirmed[(a.job_id, a.attempt)] = a
+            last_sent = time.monotonic()
             yield worker_pb2.StreamJobsRequest(acks=acks, extensions=exts)
 
     def _on_results(self, response: worker_pb2.StreamJobsResponse) -> None:
@@ -494,12 +508,14 @@ class Worker:
             item = worker_pb2.AckItem(job_id=d.job_id, attempt=d.attempt, epoch=d.epoch, success=True)
         with self._lock:
             self._running.pop(running.key, None)
-            self._acks.append(item)
+            acks = self._acks
+            acks.append(item)
             if item.success:
                 self.succeeded += 1
             else:
                 self.failed += 1
-            self._out_cv.notify()
+            if len(acks) == 1 or len(acks) >= _ACK_BATCH:
+                self._out_cv.notify()  # the generator waits for the first, or lingers for a batch
             if self._stopping.is_set():
                 self._idle_cv.notify_all()
 

@@ -1,0 +1,178 @@
+"""One ``Committer`` thread serving many logs: every log's records are
+written, synced and published in order; one log failing leaves the others
+alone; interval fsyncs still happen; closing in any order, and attaching
+after others closed, works."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from wal_helpers import Faults, fail_fsync, replay_all
+
+from wheelsched.wal import OP, Committer, FencedError, LogFailedError, WALOptions, WriteAheadLog
+
+
+def opened(d: Path, committer: Committer, faults: Faults | None = None, **kw: Any) -> WriteAheadLog:
+    log = WriteAheadLog(d, WALOptions(**kw), meta={"dir": d.name}, committer=committer, _faults=faults)
+    log.open()
+    return log
+
+
+def writer_threads(name: str) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == name]
+
+
+def ops(d: Path) -> list[Any]:
+    return [r.payload for r in replay_all(d) if r.kind == OP]
+
+
+def test_many_logs_one_thread_everything_in_order(tmp_path: Path) -> None:
+    committer = Committer(name="wal-writer-shared-test")
+    logs = [opened(tmp_path / f"{i:02d}", committer, fsync="always") for i in range(8)]
+    assert len(writer_threads("wal-writer-shared-test")) == 1
+
+    def append(k: int) -> None:
+        log = logs[k]
+        last = 0
+        for i in range(300):
+            last = log.append_many([[k, i, j] for j in range(3)]) if i % 2 else log.append([k, i])
+        assert log.wait_durable_sync(last, timeout=30)
+
+    threads = [threading.Thread(target=append, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(writer_threads("wal-writer-shared-test")) == 1
+    for log in logs:
+        assert log.durable_seq == log.last_seq
+        assert log.stats()["fsyncs"] >= 1
+        log.close()
+    committer.close(timeout=5)
+    assert not writer_threads("wal-writer-shared-test")
+    for k in range(8):
+        expected: list[Any] = []
+        for i in range(300):
+            expected += [[k, i, j] for j in range(3)] if i % 2 else [[k, i]]
+        assert ops(tmp_path / f"{k:02d}") == expected
+
+
+def test_asyncio_waiters_of_several_logs(tmp_path: Path) -> None:
+    committer = Committer()
+    logs = [opened(tmp_path / f"{i}", committer, fsync="always") for i in range(4)]
+
+    async def main() -> None:
+        async def one(k: int, i: int) -> int:
+            seq = logs[k].append([k, i])
+            await logs[k].wait_durable(seq)
+            assert logs[k].durable_seq >= seq
+            return seq
+
+        seqs = await asyncio.gather(*(one(k, i) for i in range(200) for k in range(4)))
+        assert len(seqs) == 800
+
+    asyncio.run(main())
+    for log in logs:
+        log.close()
+    committer.close(timeout=5)
+    for k in range(4):
+        assert ops(tmp_path / f"{k}") == [[k, i] for i in range(200)]
+
+
+def test_one_failing_log_leaves_the_others_alone(tmp_path: Path) -> None:
+    committer = Committer()
+    bad = opened(tmp_path / "bad", committer, Faults({"fsync": fail_fsync()}), fsync="always")
+    good = opened(tmp_path / "good", committer, fsync="always")
+    with pytest.raises(LogFailedError):
+        bad.wait_durable_sync(bad.append(["doomed"]), timeout=10)
+    with pytest.raises(LogFailedError):
+        bad.append(["refused"])
+    for i in range(50):
+        assert good.wait_durable_sync(good.append(["ok", i]), timeout=10)
+    bad.close()  # a failed log closes without waiting for anything
+    for i in range(50, 60):
+        assert good.wait_durable_sync(good.append(["ok", i]), timeout=10)
+    good.close()
+    committer.close(timeout=5)
+    assert ops(tmp_path / "good") == [["ok", i] for i in range(60)]
+
+
+def test_write_error_fails_only_that_log(tmp_path: Path) -> None:
+    def eio(n: int) -> None:
+        raise OSError(errno.EIO, "Input/output error (injected)")
+
+    committer = Committer()
+    bad = opened(tmp_path / "bad", committer, Faults({"write.before_write": eio}), fsync="never")
+    good = opened(tmp_path / "good", committer, fsync="never")
+    seq = bad.append(["x"])
+    with pytest.raises(LogFailedError, match="Input/output error"):
+        bad.wait_durable_sync(seq, timeout=10)
+    assert good.wait_durable_sync(good.append(["y"]), timeout=10)
+    bad.close()
+    good.close()
+    committer.close(timeout=5)
+
+
+def test_interval_fsync_happens_without_further_appends(tmp_path: Path) -> None:
+    committer = Committer()
+    a = opened(tmp_path / "a", committer, fsync="interval:30")
+    b = opened(tmp_path / "b", committer, fsync="interval:30")
+    a.wait_durable_sync(a.append(["a"]), timeout=5)
+    b.wait_durable_sync(b.append(["b"]), timeout=5)
+    deadline = time.monotonic() + 5
+    while (a._synced_seq < a.last_seq or b._synced_seq < b.last_seq) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert a._synced_seq == a.last_seq and b._synced_seq == b.last_seq
+    assert a.stats()["fsyncs"] >= 1 and b.stats()["fsyncs"] >= 1
+    a.close()
+    b.close()
+    committer.close(timeout=5)
+
+
+def test_close_in_any_order_and_attach_after_others_closed(tmp_path: Path) -> None:
+    committer = Committer(name="wal-writer-order-test")
+    first = opened(tmp_path / "1", committer, fsync="always")
+    second = opened(tmp_path / "2", committer, fsync="never")
+    first.append(["one"])
+    second.append(["two"])
+    second.close()  # closing writes and syncs what was queued
+    third = opened(tmp_path / "3", committer, fsync="always")
+    assert third.wait_durable_sync(third.append(["three"]), timeout=5)
+    first.close()
+    third.close()
+    committer.close(timeout=5)
+    assert not writer_threads("wal-writer-order-test")
+    assert ops(tmp_path / "1") == [["one"]]
+    assert ops(tmp_path / "2") == [["two"]]
+    assert ops(tmp_path / "3") == [["three"]]
+    with pytest.raises(RuntimeError, match="closed"):
+        opened(tmp_path / "4", committer)
+
+
+def test_fenced_log_on_a_shared_committer(tmp_path: Path) -> None:
+    """A deposed log fails with FencedError; its successor and a neighbour
+    on the same committer carry on."""
+    committer = Committer()
+    old = WriteAheadLog(tmp_path / "s", WALOptions(fsync="always"), meta={"epoch": 1},
+                        fence="1 node-a", committer=committer)
+    old.open()
+    other = opened(tmp_path / "other", committer, fsync="always")
+    assert old.wait_durable_sync(old.append(["before"]), timeout=5)
+    new = WriteAheadLog(tmp_path / "s", WALOptions(fsync="always"), meta={"epoch": 2},
+                        fence="2 node-b", committer=committer)
+    new.open()  # installs its fence: the old writer is deposed
+    with pytest.raises(FencedError):
+        old.wait_durable_sync(old.append(["after"]), timeout=5)
+    assert new.wait_durable_sync(new.append(["new"]), timeout=5)
+    assert other.wait_durable_sync(other.append(["other"]), timeout=5)
+    old.close()
+    new.close()
+    other.close()
+    committer.close(timeout=5)
+    assert ops(tmp_path / "s") == [["before"], ["new"]]
