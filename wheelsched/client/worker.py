@@ -10,7 +10,8 @@ Threads, and why each exists:
   the stream breaks (node restart, UNAVAILABLE);
 * grpc's own thread pulls requests from a generator fed by one buffer: acks
   and lease extensions from every handler are taken all at once and sent as
-  one ``StreamJobsRequest`` whenever there is something, never one RPC per job;
+  one ``StreamJobsRequest`` whenever there is something, never one RPC per job
+  (while acks keep coming it waits up to 1 ms for more: see ``_ACK_BATCH``);
 * the *lease keeper* extends, by the lease length, the lease of any job whose
   handler has run for half of it (a heap keyed by the next extension time);
 * ``concurrency`` handler threads.
