@@ -24,6 +24,7 @@ a lease it no longer holds; those count in ``ack_errors``.
 
 from __future__ import annotations
 
+import collections
 import heapq
 import itertools
 import logging
@@ -33,7 +34,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -189,7 +189,9 @@ class Worker:
         self._run_thread: threading.Thread | None = None
         self._call: Any = None
         self._channel: grpc.Channel | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        # received jobs waiting for a handler thread (guarded by _lock)
+        self._work: collections.deque[_Running] = collections.deque()
+        self._work_cv = threading.Condition(self._lock)  # handler threads wait
 
     # ------------------------------------------------------------ public
 
@@ -208,7 +210,8 @@ class Worker:
             self._done.set()
             return
         self._channel = open_channel(self.target, self._credentials, self._channel_options)
-        self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="wheelsched-handler")
+        for i in range(self.concurrency):
+            threading.Thread(target=self._handler_loop, name=f"wheelsched-handler_{i}", daemon=True).start()
         keeper = threading.Thread(target=self._keep_leases, name="wheelsched-leases", daemon=True)
         conn = threading.Thread(target=self._connection_loop, name="wheelsched-stream", daemon=True)
         keeper.start()
@@ -226,7 +229,8 @@ class Worker:
             with self._lock:
                 self._finished = True
                 self._keeper_cv.notify_all()
-            self._executor.shutdown(wait=False, cancel_futures=True)
+                self._work_cv.notify_all()  # handlers end; jobs not started lapse with their leases
+                self._work.clear()
             self._channel.close()
             self._done.set()
         if interrupted is not None:
@@ -482,43 +486,58 @@ class Worker:
                 heapq.heappush(heap, (mono + r.lease_s / 2, r.seq, r.key))
             self.received += len(batch)
             self._keeper_cv.notify()
-        submit = self._executor.submit  # type: ignore[union-attr]
-        try:
-            for r in batch:
-                submit(self._handle, r)
-        except RuntimeError:  # the pool shut down (stop timed out): leases will lapse
-            pass
+            # One hand-over per message, not one executor task per job.
+            self._work.extend(batch)
+            self._work_cv.notify(len(batch))
 
     # ------------------------------------------------------------ handlers and leases
 
-    def _handle(self, running: _Running) -> None:
+    def _handler_loop(self) -> None:
+        """One of ``concurrency`` handler threads: run a job, then, under one
+        lock, buffer its ack and take the next job."""
+        lock, work, cv = self._lock, self._work, self._work_cv
+        done: tuple[_Running, worker_pb2.AckItem] | None = None
+        while True:
+            with lock:
+                if done is not None:
+                    self._record_ack(*done)
+                    done = None
+                while not work and not self._finished:
+                    cv.wait()
+                if self._finished:
+                    return
+                running = work.popleft()
+            done = (running, self._run_handler(running))
+
+    def _run_handler(self, running: _Running) -> worker_pb2.AckItem:
         d = running.delivery
         try:
             self.handler(d)
         except PermanentFailure as exc:
-            item = worker_pb2.AckItem(
+            return worker_pb2.AckItem(
                 job_id=d.job_id, attempt=d.attempt, epoch=d.epoch,
                 success=False, error=repr(exc)[:MAX_ERROR_TEXT], retryable=False,
             )
         except BaseException as exc:
-            item = worker_pb2.AckItem(
+            return worker_pb2.AckItem(
                 job_id=d.job_id, attempt=d.attempt, epoch=d.epoch,
                 success=False, error=repr(exc)[:MAX_ERROR_TEXT], retryable=True,
             )
+        return worker_pb2.AckItem(job_id=d.job_id, attempt=d.attempt, epoch=d.epoch, success=True)
+
+    def _record_ack(self, running: _Running, item: worker_pb2.AckItem) -> None:
+        """Under ``_lock``: the job is done; its ack goes in the buffer."""
+        self._running.pop(running.key, None)
+        acks = self._acks
+        acks.append(item)
+        if item.success:
+            self.succeeded += 1
         else:
-            item = worker_pb2.AckItem(job_id=d.job_id, attempt=d.attempt, epoch=d.epoch, success=True)
-        with self._lock:
-            self._running.pop(running.key, None)
-            acks = self._acks
-            acks.append(item)
-            if item.success:
-                self.succeeded += 1
-            else:
-                self.failed += 1
-            if len(acks) == 1 or len(acks) >= _ACK_BATCH:
-                self._out_cv.notify()  # the generator waits for the first, or lingers for a batch
-            if self._stopping.is_set():
-                self._idle_cv.notify_all()
+            self.failed += 1
+        if len(acks) == 1 or len(acks) >= _ACK_BATCH:
+            self._out_cv.notify()  # the generator waits for the first, or lingers for a batch
+        if self._stopping.is_set():
+            self._idle_cv.notify_all()
 
     def _keep_leases(self) -> None:
         """Extend the lease of every job whose handler ran half its lease."""

@@ -664,6 +664,11 @@ class WriteAheadLog:
             self._writer_done.set()
             self._committer._detach(self)  # type: ignore[union-attr]
 
+    def _step_failed(self, exc: BaseException) -> None:
+        """Any writer failure is fatal for the log: fail it, and let go of it."""
+        self._fail(exc)
+        self._finish()
+
     def _commit_write(self) -> tuple[int, bool, int] | None:
         """Take the queue and write it: (records written, closing, sync requests)."""
         with self._qlock:
@@ -690,8 +695,7 @@ class WriteAheadLog:
                 self._hit("write.before_write")  # fence confirmed, nothing written yet
                 size = self._write_batch(batch, first)
             except BaseException as exc:  # any writer failure is fatal for the log
-                self._fail(exc)
-                self._finish()
+                self._step_failed(exc)
                 return None
             self._written_seq = first + n - 1
             self._st_batches += 1
@@ -713,8 +717,7 @@ class WriteAheadLog:
                 try:
                     self._fsync()
                 except BaseException as exc:
-                    self._fail(exc)
-                    self._finish()
+                    self._step_failed(exc)
                     return None
                 synced = self._written_seq
                 if mode == "interval":
@@ -735,8 +738,7 @@ class WriteAheadLog:
                 try:
                     self._require_fence()
                 except BaseException as exc:
-                    self._fail(exc)
-                    self._finish()
+                    self._step_failed(exc)
                     return False
             self._publish(synced if self._mode == "always" else self._written_seq, synced)
         if closing:
