@@ -706,14 +706,24 @@ class WriteAheadLog:
                 self._st_batch_max = n
         return n, closing, sync_req
 
-    def _commit_sync(self, state: tuple[int, bool, int]) -> int | None:
-        """fsync if the policy (or a close or sync request) asks: the synced seq."""
+    def _fsync_due(self, state: tuple[int, bool, int]) -> bool:
+        """Whether ``_commit_sync`` will fsync: written data not yet synced,
+        and the policy (or a close or sync request) asks for it now."""
         _, closing, sync_req = state
+        if self._written_seq <= self._synced_seq:
+            return False
+        mode = self._mode
+        return bool(mode == "always" or closing or sync_req
+                    or (mode == "interval" and time.monotonic() >= self._next_fsync))
+
+    def _commit_sync(self, state: tuple[int, bool, int]) -> int | None:
+        """fsync if due (``_fsync_due``): the synced seq. Any thread, one per
+        log at a time (the committer's, or one of its fsync pool's)."""
+        _, _, sync_req = state
         synced = self._synced_seq
         if self._written_seq > synced:
             mode = self._mode
-            if (mode == "always" or closing or sync_req
-                    or (mode == "interval" and time.monotonic() >= self._next_fsync)):
+            if self._fsync_due(state):
                 try:
                     self._fsync()
                 except BaseException as exc:
