@@ -177,36 +177,3 @@ def test_fenced_log_on_a_shared_committer(tmp_path: Path) -> None:
     committer.close(timeout=5)
     assert ops(tmp_path / "s") == [["before"], ["new"]]
 
-
-def test_fsyncs_of_one_round_run_in_parallel(tmp_path: Path) -> None:
-    """Logs queued while the committer is busy are committed in one round,
-    and their fsyncs run on the committer's fsync pool, not one by one."""
-    gate = threading.Event()
-    where: list[str] = []
-
-    def hold(n: int) -> None:
-        if n == 1:
-            gate.wait(10)  # keep the committer in log 0's round while the others queue
-
-    def record(n: int) -> None:
-        where.append(threading.current_thread().name)
-
-    committer = Committer(name="wal-writer-parallel-test")
-    first = opened(tmp_path / "0", committer, Faults({"write.before_write": hold}), fsync="always")
-    others = [opened(tmp_path / f"{i}", committer, Faults({"fsync": record}), fsync="always")
-              for i in range(1, 4)]
-    seq0 = first.append(["first"])
-    deadline = time.monotonic() + 5
-    while not first._faults.hits.get("write.before_write") and time.monotonic() < deadline:
-        time.sleep(0.001)
-    seqs = [log.append(["other", i]) for i, log in enumerate(others)]
-    gate.set()
-    assert first.wait_durable_sync(seq0, timeout=10)
-    for log, seq in zip(others, seqs, strict=True):
-        assert log.wait_durable_sync(seq, timeout=10)
-    assert len(where) == 3
-    assert all(name.startswith("wal-writer-parallel-test-fsync") for name in where), where
-    for log in [first, *others]:
-        log.close()
-    committer.close(timeout=5)
-    assert ops(tmp_path / "2") == [["other", 1]]

@@ -27,12 +27,16 @@ falls due. Then, for every log with work, in three passes:
 
 Writing every batch before the first fsync lets the disk work on all of
 them at once, and no log's waiters are released before its data is synced.
-When a round has more than one log to fsync, the fsyncs run in parallel on
-a small pool (``FSYNC_THREADS``; ``fdatasync`` releases the GIL, and one
-after the other they cost n times ~0.1 ms on this machine's disk:
-``bench.schedule``'s batches from 4 threads into 16 shards ran at 20.0k
-jobs/s with sequential fsyncs, 24.9k with parallel ones). Records
-appended meanwhile wait for the next round and are committed together
+The fsyncs of one round run one after the other, on this thread: with
+``always`` a round that touched n shards takes n fsyncs (~0.1 ms each on
+this machine's disk). Parallel fsyncs were tried and measured in one
+session: a pool of 8 threads raised ``bench.schedule``'s batches from 4
+threads into 16 shards from 20.0k to 24.9k jobs/s, but the extra thread
+wake-ups took the GIL from the event loop often enough to raise the node's
+dispatch lateness in ``bench.fire_latency --modes grpc --rate 10000`` from
+p99 3.9 to 9.3 ms; splitting a round over two threads gained nothing
+(19.9k jobs/s). Fire latency is the point of the product, so: sequential.
+Records appended meanwhile wait for the next round and are committed together
 (group commit across shards as well as within one).
 
 A failure of one log (an I/O error, being fenced) fails that log only; the
@@ -45,16 +49,11 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .log import WriteAheadLog
 
-
-# Parallel fsyncs per round: enough for a node's shards to overlap their
-# device flushes, few enough that waking them costs little GIL time.
-FSYNC_THREADS = 8
 
 
 class Committer:
@@ -69,7 +68,6 @@ class Committer:
         self._idle = False
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self._pool: ThreadPoolExecutor | None = None  # parallel fsyncs, made when first needed
 
     def attach(self, wal: WriteAheadLog) -> None:
         """A log opened: start the thread with the first member."""
@@ -97,8 +95,6 @@ class Committer:
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
-        if self._pool is not None and (thread is None or not thread.is_alive()):
-            self._pool.shutdown(wait=False)
 
     # ------------------------------------------------------------------ thread
     def _next_batch(self) -> list[WriteAheadLog] | None:
@@ -133,13 +129,7 @@ class Committer:
             # Each step handles its log's errors itself (the log fails, and
             # leaves); None means the log is finished for this round.
             written = [(w, s) for w in wals if (s := w._commit_write()) is not None]
-            if sum(1 for w, s in written if w._fsync_due(s)) > 1:
-                if self._pool is None:
-                    self._pool = ThreadPoolExecutor(FSYNC_THREADS, thread_name_prefix=f"{self.name}-fsync")
-                through = list(self._pool.map(lambda ws: ws[0]._commit_sync(ws[1]), written))
-            else:
-                through = [w._commit_sync(s) for w, s in written]
-            synced = [(w, s, t) for (w, s), t in zip(written, through, strict=True) if t is not None]
+            synced = [(w, s, t) for w, s in written if (t := w._commit_sync(s)) is not None]
             for wal, state, through in synced:
                 timed = wal._commit_publish(state, through)
                 with self._cv:

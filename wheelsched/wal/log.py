@@ -717,8 +717,7 @@ class WriteAheadLog:
                     or (mode == "interval" and time.monotonic() >= self._next_fsync))
 
     def _commit_sync(self, state: tuple[int, bool, int]) -> int | None:
-        """fsync if due (``_fsync_due``): the synced seq. Any thread, one per
-        log at a time (the committer's, or one of its fsync pool's)."""
+        """fsync if due (``_fsync_due``): the synced seq."""
         _, _, sync_req = state
         synced = self._synced_seq
         if self._written_seq > synced:
