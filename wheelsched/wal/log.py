@@ -420,6 +420,17 @@ class WriteAheadLog:
         self._committer.attach(self)
         self._opened = True
 
+    def _adopt(self, rec: Recovery) -> int:
+        """Take over what recovery found: segments, snapshot coverage and the
+        seqs (everything recovered is durable). Returns the last seq."""
+        self._covered = rec.covered
+        self._segments = list(rec.segments)
+        last = rec.last_seq
+        self._last_seq = self._written_seq = self._durable_seq = self._synced_seq = last
+        self._pending_first = last + 1
+        self._snap_records = last - rec.covered
+        return last
+
     def _open_standalone(self, rec: Recovery) -> None:
         if rec.temps:
             repair.remove_files(self.directory, rec.temps)
@@ -431,12 +442,7 @@ class WriteAheadLog:
                 rec.tail.size - rec.tail.offset, side.name,
             )
         repair.remove_files(self.directory, rec.stale_segments + rec.stale_snapshots)
-        self._covered = rec.covered
-        self._segments = list(rec.segments)
-        last = rec.last_seq
-        self._last_seq = self._written_seq = self._durable_seq = self._synced_seq = last
-        self._pending_first = last + 1
-        self._snap_records = last - rec.covered
+        last = self._adopt(rec)
         if self._segments:
             first, path = self._segments[-1]
             empty = last < first  # no records in the last segment
@@ -469,12 +475,7 @@ class WriteAheadLog:
             repair.remove_files(self.directory, rec.temps)
         # Covered by the snapshot recovery chose; stale for every writer.
         repair.remove_files(self.directory, rec.stale_segments + rec.stale_snapshots)
-        self._covered = rec.covered
-        self._segments = list(rec.segments)
-        last = rec.last_seq
-        self._last_seq = self._written_seq = self._durable_seq = self._synced_seq = last
-        self._pending_first = last + 1
-        self._snap_records = last - rec.covered
+        last = self._adopt(rec)
         # The last segment holds no record: ours must take its name. Replace
         # it atomically (rename); a deposed writer that still has it open
         # then writes to an unlinked file, which no reader will ever see.
