@@ -8,11 +8,10 @@ import os
 import subprocess
 import sys
 import threading
-import time
 import uuid
 
 import pytest
-from node_helpers import REPO, NodeProcess
+from node_helpers import REPO, NodeProcess, wait_until
 
 from wheelsched import errors
 from wheelsched.client import Client, PermanentFailure, Worker
@@ -23,13 +22,6 @@ def tag() -> str:
     return uuid.uuid4().hex[:8]
 
 
-def wait_until(predicate, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def cli(node: NodeProcess, *args: str) -> subprocess.CompletedProcess[str]:

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from node_helpers import REPO, NodeProcess, running_node
+from node_helpers import REPO, NodeProcess, running_node, wait_until
 
 from wheelsched import errors
 from wheelsched.client import Client, Delivery, PermanentFailure, Worker
@@ -27,13 +27,6 @@ def queue() -> str:
     return f"t-{uuid.uuid4().hex[:10]}"
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 class Collector:

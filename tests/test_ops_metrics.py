@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
-from node_helpers import NodeProcess, running_node
+from node_helpers import NodeProcess, running_node, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from wheelsched import errors
@@ -42,13 +41,6 @@ def total(samples: dict, name: str, **labels: str) -> float:
     return sum(v for (n, lab), v in samples.items() if n == name and want <= set(lab))
 
 
-def wait_until(predicate, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def test_metrics_count_exactly_what_happened(tmp_path: Path) -> None:
@@ -80,9 +72,9 @@ def test_metrics_count_exactly_what_happened(tmp_path: Path) -> None:
                 total(before, "wheelsched_jobs_cancelled_total") == n_cancel
 
             with Worker(node.target, [queue], lambda d: acked.append(d.job_id), concurrency=4):
-                assert wait_until(lambda: len(acked) == n_run), len(acked)
+                assert wait_until(lambda: len(acked) == n_run, 20.0), len(acked)
                 assert wait_until(lambda: total(scrape(url), "wheelsched_jobs_succeeded_total")
-                                  - total(before, "wheelsched_jobs_succeeded_total") == n_run)
+                                  - total(before, "wheelsched_jobs_succeeded_total") == n_run, 20.0)
                 after = scrape(url)
                 assert total(after, "wheelsched_worker_streams") == 1
 
