@@ -38,6 +38,7 @@ from wheelsched.config import ConfigError
 from wheelsched.engine import Engine, EngineConfig, Limits, RecoveryStats, RemoteJob, Waits
 from wheelsched.engine.model import ScheduleKind
 from wheelsched.errors import InvalidArgument, Unavailable
+from wheelsched.server import aio_poller
 from wheelsched.server.auth import AuthInterceptor, load_tokens, peer_token
 from wheelsched.server.metrics import LatenessHistogram, MetricsInterceptor, MetricsServer, RpcCounts
 from wheelsched.server.ratelimit import RateLimiter, RateLimitInterceptor
@@ -539,6 +540,9 @@ class Node:
             raise OSError(f"cannot listen on {config.listen}")
         await server.start()
         self._server = server
+        if not aio_poller.install(loop):
+            log.warning("grpc.aio completion wake-ups not found: under load, replies may stall "
+                        "(see wheelsched/server/aio_poller.py)")
         if not config.advertise:  # the real port when listening on port 0
             self.advertise = f"{config.listen.rsplit(':', 1)[0]}:{self.port}"
 
