@@ -164,11 +164,17 @@ class CountingWorker(Worker):
         self.requests_sent = 0
         self.acks_sent = 0
 
+        self.dispatch_messages = 0
+
     def _requests(self, gen):  # type: ignore[override]
         for req in super()._requests(gen):
             self.requests_sent += 1
             self.acks_sent += len(req.acks)
             yield req
+
+    def _on_dispatches(self, dispatches) -> None:  # type: ignore[override]
+        self.dispatch_messages += 1
+        super()._on_dispatches(dispatches)
 
 
 def test_worker_batches_acks_under_load_and_sends_a_lone_ack_at_once(
@@ -191,6 +197,24 @@ def test_worker_batches_acks_under_load_and_sends_a_lone_ack_at_once(
     assert w.acks_sent == n + 1 and w.ack_errors == 0
     stream_requests = w.requests_sent - before
     assert stream_requests <= n / 5, f"{stream_requests} requests carried {n} acks"
+
+
+def test_node_coalesces_dispatches_on_a_busy_stream(client: Client, node: NodeProcess, queue: str) -> None:
+    """At most one dispatch message per ms while the stream is busy (the
+    node's _STREAM_MIN_GAP_S), so a worker is not buried in tiny messages."""
+    rec = Collector()
+    n, rate = 3000, 5000
+    with CountingWorker(node.target, [queue], rec, concurrency=4, max_in_flight=2000) as w:
+        start = time.time() + 0.5
+        client.schedule_many([{"queue": queue, "id": f"{queue}-{i:05}", "due": start + i / rate}
+                              for i in range(n)])
+        assert wait_until(lambda: w.succeeded == n, 60), (w.received, w.succeeded, w.ack_errors)
+        first = min(d.received_at for d in rec.seen).timestamp()
+        last = max(d.received_at for d in rec.seen).timestamp()
+    # one per ms over the span they came in, plus the first
+    assert w.dispatch_messages <= (last - first) * 1000 + 2, (w.dispatch_messages, last - first)
+    assert w.dispatch_messages >= 10  # spread over the span, not held back to the end
+    assert w.ack_errors == 0 and sorted(rec.ids()) == [f"{queue}-{i:05}" for i in range(n)]
 
 
 def test_failing_handler_retries_then_dead(client: Client, node: NodeProcess, queue: str) -> None:

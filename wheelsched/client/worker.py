@@ -480,15 +480,22 @@ class Worker:
             batch.append(_Running(delivery, (d.job_id, d.attempt, d.epoch), lease_s))
         with self._lock:
             heap = self._heap
+            head = heap[0][0] if heap else None
             for r in batch:
                 r.seq = next(self._seq)
                 self._running[r.key] = r
                 heapq.heappush(heap, (mono + r.lease_s / 2, r.seq, r.key))
             self.received += len(batch)
-            self._keeper_cv.notify()
-            # One hand-over per message, not one executor task per job.
+            # Wake only the threads that have something new to do: every
+            # thread woken here competes with this one for the GIL, and this
+            # one should be back reading the stream. The keeper sleeps until
+            # the earliest extension, so it needs a nudge only if that moved.
+            if head is None or heap[0][0] < head:
+                self._keeper_cv.notify()
+            # One hand-over per message; one handler is woken, and each
+            # handler that takes a job and sees more wakes the next.
             self._work.extend(batch)
-            self._work_cv.notify(len(batch))
+            self._work_cv.notify()
 
     # ------------------------------------------------------------ handlers and leases
 
@@ -507,6 +514,8 @@ class Worker:
                 if self._finished:
                     return
                 running = work.popleft()
+                if work:
+                    cv.notify()  # pass the wake-up on (see _on_dispatches)
             done = (running, self._run_handler(running))
 
     def _run_handler(self, running: _Running) -> worker_pb2.AckItem:
