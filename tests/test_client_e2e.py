@@ -215,6 +215,8 @@ def test_node_coalesces_dispatches_on_a_busy_stream(client: Client, node: NodePr
     assert w.dispatch_messages <= (last - first) * 1000 + 2, (w.dispatch_messages, last - first)
     assert w.dispatch_messages >= 10  # spread over the span, not held back to the end
     assert w.ack_errors == 0 and sorted(rec.ids()) == [f"{queue}-{i:05}" for i in range(n)]
+    # and the node runs with grpc.aio's completion wake-ups patched (aio_poller)
+    assert "wake-ups not found" not in node.log_text()
 
 
 def test_failing_handler_retries_then_dead(client: Client, node: NodeProcess, queue: str) -> None:
