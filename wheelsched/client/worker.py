@@ -522,16 +522,13 @@ class Worker:
         try:
             self.handler(d)
         except PermanentFailure as exc:
-            return worker_pb2.AckItem(
-                job_id=d.job_id, attempt=d.attempt, epoch=d.epoch,
-                success=False, error=repr(exc)[:MAX_ERROR_TEXT], retryable=False,
-            )
+            error, retryable = repr(exc), False
         except BaseException as exc:
-            return worker_pb2.AckItem(
-                job_id=d.job_id, attempt=d.attempt, epoch=d.epoch,
-                success=False, error=repr(exc)[:MAX_ERROR_TEXT], retryable=True,
-            )
-        return worker_pb2.AckItem(job_id=d.job_id, attempt=d.attempt, epoch=d.epoch, success=True)
+            error, retryable = repr(exc), True
+        else:
+            return worker_pb2.AckItem(job_id=d.job_id, attempt=d.attempt, epoch=d.epoch, success=True)
+        return worker_pb2.AckItem(job_id=d.job_id, attempt=d.attempt, epoch=d.epoch, success=False,
+                                  error=error[:MAX_ERROR_TEXT], retryable=retryable)
 
     def _record_ack(self, running: _Running, item: worker_pb2.AckItem) -> None:
         """Under ``_lock``: the job is done; its ack goes in the buffer."""
