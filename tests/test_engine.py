@@ -416,6 +416,56 @@ def test_final_jobs_are_purged_after_retention(wheel_cls):
 # --------------------------------------------------------------------------- listing
 
 
+@pytest.mark.parametrize("shards", [1, 4])
+def test_backlog_is_the_ready_count_and_the_oldest_ready_lateness(wheel_cls, tmp_path, shards):
+    """``backlog`` (status pages' ready and lag) against its definition, while
+    jobs of mixed priorities and due times fire, wait without credit, are
+    dispatched, cancelled, acked and fire again; with one shard, long enough
+    for its index of ready jobs to be rebuilt from stale entries."""
+    import random
+
+    h = Harness(wheel_cls, "memory", tmp_path, config=EngineConfig(shard_count=shards))
+    rng = random.Random(5)
+
+    def expected(shard):
+        dues = [shard.jobs[shard.by_num[num]].next_us for num in shard.ready]
+        return len(dues), (h.clock.now - min(dues)) if dues else 0
+
+    ids = [f"j{i}" for i in range(6000)]
+    h.engine.schedule([req(i, at=rng.uniform(0.0, 3.0), priority=rng.randint(-2, 2)) for i in ids])
+    # due early, ready only once a later job succeeds: made ready by an ack, not by a tick
+    h.engine.schedule([JobRequest(queue="q", id=f"d{i}", due_us=due(0.0), after=(f"j{i}",))
+                       for i in range(0, 6000, 10)])
+    h.subscribe(max_in_flight=64)
+    held: list = []
+    biggest_ready = biggest_index = rebuilt = 0
+    for step in range(400):
+        before = [len(s.ready_due) for s in h.engine.shards]
+        h.clock.now += rng.randint(1, 20_000)
+        h.engine.tick()
+        held = [d for d in held + h.take() if h.engine.get(d.job.id)[0].state == JobState.DISPATCHED
+                and h.engine.get(d.job.id)[0].attempt == d.job.attempt]  # not cancelled meanwhile
+        rng.shuffle(held)
+        k = rng.randint(0, 12) if step < 200 else len(held)  # a backlog builds up, then drains
+        for d in held[:k]:
+            ack(h, d, success=rng.random() < 0.7)  # failures come back later (backoff)
+        held = held[k:]
+        for job_id in rng.sample(ids, 5):
+            if state(h, job_id) in (JobState.SCHEDULED, JobState.DISPATCHED):
+                h.engine.cancel(job_id)
+        for shard, n in zip(h.engine.shards, before, strict=True):
+            rebuilt += len(shard.ready_due) < n  # only a rebuild shrinks it between backlog calls
+            biggest_ready = max(biggest_ready, len(shard.ready))
+            biggest_index = max(biggest_index, len(shard.ready_due) + shard.ready_nums)
+            if step % 25 == 0 or step > 390:  # rarely: stale entries pile up in between
+                assert h.engine.backlog(shard, h.clock.now) == expected(shard)
+    h.close()
+    assert biggest_ready > 50  # jobs did wait for credit
+    assert biggest_index <= 2 * biggest_ready + 1024  # bounded: rebuilt from ``ready`` when larger
+    if shards == 1:
+        assert rebuilt > 0
+
+
 def test_list_pages_and_filters(h):
     h.engine.schedule([req(f"j{i:02d}", at=float(i), queue="a" if i % 2 else "b") for i in range(25)])
     h.engine.cancel("j03")

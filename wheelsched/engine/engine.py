@@ -394,7 +394,7 @@ class Engine:
         if shard is not None:
             shard.firing = False
             shard.draining = True
-            shard.ready.clear()  # their ready-queue entries are skipped from now on
+            shard.clear_ready()  # their ready-queue entries are skipped from now on
         return shard
 
     def detach_shard(self, shard_id: int) -> Shard | None:
@@ -1044,6 +1044,7 @@ class Engine:
                         self._settle(now, fire=False)
                     self.counters["purged"] += 1
                     shard.purge(job)
+            shard.note_ready(fired)
         self.counters["fired"] += fired_total
         if self._changed:  # e.g. a lease ran out for the last time: DEAD
             self._settle(now, fire=True)
@@ -1111,6 +1112,7 @@ class Engine:
         self._ready_seq += 1
         heapq.heappush(heap, (-job.priority, job.next_us, self._ready_seq, shard.id, job.num))
         shard.ready.add(job.num)
+        shard.note_ready((job.num,))
         self.counters["fired"] += 1
         self._qrow(job.queue)[_Q_FIRED] += 1
 
@@ -1201,9 +1203,8 @@ class Engine:
     def backlog(self, shard: Shard, now: int) -> tuple[int, int]:
         """Jobs of ``shard`` that are due and wait for a worker, and how late
         the oldest of them is (µs): the shard's lag, for status pages."""
-        jobs, by_num = shard.jobs, shard.by_num
-        oldest = min((jobs[by_num[num]].next_us for num in shard.ready), default=now)
-        return len(shard.ready), max(0, now - oldest)
+        oldest = shard.oldest_ready_us()
+        return len(shard.ready), 0 if oldest is None else max(0, now - oldest)
 
     def close(self) -> None:
         for shard in self.shards:

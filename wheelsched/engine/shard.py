@@ -31,6 +31,7 @@ is read off the job's state, so re-arming is a cancel and an insert, both O(1).
 
 from __future__ import annotations
 
+import heapq
 from array import array
 from collections.abc import Callable
 from typing import Any
@@ -75,6 +76,18 @@ class Shard:
         # nums of jobs that fired and wait in the engine's ready queues; any
         # change to such a job takes it out (the queue entry is then skipped).
         self.ready: set[int] = set()
+        # An index for "how late is the oldest ready job" (status pages ask
+        # it, most often while a node is behind, when ``ready`` is largest:
+        # a scan of ``ready`` took 0.6 s at 1M). The fire path only appends
+        # each tick's batch of fired nums (``note_ready``); the first
+        # question after that files them into a heap of (next_us, num), with
+        # stale entries left in and skipped. ``ready_nums`` counts what the
+        # batches hold; once index and batches pass twice ``ready`` (+1024)
+        # both are rebuilt from ``ready``: O(len(ready)), at most once per
+        # len(ready) + 1024 fires, so amortised O(1) per fire.
+        self.ready_batches: list[Any] = []
+        self.ready_nums = 0
+        self.ready_due: list[tuple[int, int]] = []
         # While replaying, timers are not armed one by one: the wheel is
         # derived from the job table and built in one batch at the end.
         self.replaying = False
@@ -227,6 +240,49 @@ class Shard:
             self.wheel.insert(num, -(-new.next_us // self.tick_us))
         elif state != _WAITING:  # a waiting job has no timer: a RESOLVE arms it
             self.wheel.insert(num, self.tick_of(new.finished_us + self._retention_us(state)))
+
+    def note_ready(self, nums: Any) -> None:
+        """``nums`` (a batch the fire path took from the wheel, or one made
+        ready at once) are in ``ready`` now, or were skipped: see ``ready``."""
+        self.ready_batches.append(nums)
+        self.ready_nums += len(nums)
+        if self.ready_nums + len(self.ready_due) > 2 * len(self.ready) + 1024:
+            self._rebuild_ready_due(self.ready)
+
+    def clear_ready(self) -> None:
+        self.ready.clear()
+        self._rebuild_ready_due(())
+
+    def _rebuild_ready_due(self, nums: Any) -> None:
+        jobs, by_num = self.jobs, self.by_num
+        self.ready_due = [(jobs[by_num[num]].next_us, num) for num in nums]
+        heapq.heapify(self.ready_due)
+        self.ready_batches = []
+        self.ready_nums = 0
+
+    def oldest_ready_us(self) -> int | None:
+        """next_us of the most overdue ready job (None: none is ready).
+        A heap entry is current while its job is ready with that next_us (a
+        ready job's next_us never changes: any change to the job takes it
+        out of ``ready``; going back in comes with a new entry)."""
+        heap, ready, jobs, by_num = self.ready_due, self.ready, self.jobs, self.by_num
+        if self.ready_batches:
+            new = [(jobs[by_num[num]].next_us, num)
+                   for batch in self.ready_batches for num in batch if num in ready]
+            if len(new) > len(heap):
+                heap += new
+                heapq.heapify(heap)
+            else:
+                for entry in new:
+                    heapq.heappush(heap, entry)
+            self.ready_batches = []
+            self.ready_nums = 0
+        while heap:
+            due, num = heap[0]
+            if num in ready and jobs[by_num[num]].next_us == due:
+                return due
+            heapq.heappop(heap)
+        return None
 
     def _count(self, state: int, delta: int) -> None:
         if state == _SCHEDULED or state == _WAITING:  # noqa: SIM109
