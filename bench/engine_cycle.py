@@ -6,6 +6,7 @@ acks are applied in batches of 1,000. Prints µs per job for each step, with
 the in-memory log and the real write-ahead log (fsync ``never``), next to
 ``heapq`` push+pop of the same N entries as a baseline for "Python work per
 job". The sustainable fire rate of a node is bounded by 1 / (fire + ack).
+Then what a status call's lag costs with 10 N jobs ready and no worker.
 
     python -m bench.engine_cycle [--quick] [--json PATH]
 """
@@ -59,6 +60,34 @@ def cycle(n: int, log_kind: str) -> dict[str, float]:
     return {"fire_dispatch_us": fire / n * 1e6, "ack_us": ack / n * 1e6}
 
 
+def status_lag(n: int) -> dict[str, float]:
+    """What a status call's lag costs the loop with N jobs ready and no
+    worker (a node far behind): ``Engine.backlog`` over all shards, the
+    first call after they fired (it files them into its index) and a later
+    one, against the baseline of scanning every ready job for the oldest."""
+    now = [1_800_000_000 * US]
+    engine = Engine(EngineConfig(shard_count=16, limits=Limits(max_batch_jobs=10_000)),
+                    clock=lambda: now[0], open_log=lambda i: MemoryLog(), wheel_factory=TimingWheel)
+    engine.recover()
+    for lo in range(0, n, 10_000):
+        engine.schedule([JobRequest(queue="q", id=f"job-{i}", due_us=now[0] + 1000 + i)
+                         for i in range(lo, min(n, lo + 10_000))])
+    now[0] += 1000 + n
+    engine.tick()
+    out = {}
+    for name in ("first_ms", "later_ms"):
+        t = time.perf_counter()
+        lags = [engine.backlog(shard, now[0]) for shard in engine.shards]
+        out[name] = (time.perf_counter() - t) * 1e3
+    t = time.perf_counter()
+    scanned = [min(shard.jobs[shard.by_num[num]].next_us for num in shard.ready) for shard in engine.shards]
+    out["scan_ms"] = (time.perf_counter() - t) * 1e3
+    assert [lag for _, lag in lags] == [now[0] - oldest for oldest in scanned]
+    assert sum(ready for ready, _ in lags) == n
+    engine.close()
+    return out
+
+
 def heapq_us(n: int) -> float:
     entries = [(1000 + i, i) for i in range(n)]
     heap: list = []
@@ -87,7 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(["heapq push+pop", None, None, base, "1.0x", 1e6 / base])
     print_table(f"Engine cost per job, N = {n:,} (µs; one core)",
                 ["case", "fire+dispatch", "ack", "total", "vs heapq", "jobs/s bound"], rows)
-    write_json(args.json, {"benchmark": "engine_cycle", "n": n, "results": out, "heapq_us": base})
+    lag = status_lag(n * 10)
+    print_table(f"\nStatus lag over 16 shards with {n * 10:,} jobs ready and no worker (ms of the loop)",
+                ["case", "ms"], [["Engine.backlog, first call after they fired", lag["first_ms"]],
+                                 ["Engine.backlog, a later call", lag["later_ms"]],
+                                 ["baseline: scan every ready job", lag["scan_ms"]]])
+    write_json(args.json, {"benchmark": "engine_cycle", "n": n, "results": out, "heapq_us": base,
+                           "status_lag": {"ready": n * 10, **lag}})
     return 0
 
 
