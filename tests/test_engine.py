@@ -5,6 +5,7 @@ real write-ahead log)."""
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
@@ -422,8 +423,6 @@ def test_backlog_is_the_ready_count_and_the_oldest_ready_lateness(wheel_cls, tmp
     jobs of mixed priorities and due times fire, wait without credit, are
     dispatched, cancelled, acked and fire again; with one shard, long enough
     for its index of ready jobs to be rebuilt from stale entries."""
-    import random
-
     h = Harness(wheel_cls, "memory", tmp_path, config=EngineConfig(shard_count=shards))
     rng = random.Random(5)
 
