@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 from wheelsched import cron
 from wheelsched.errors import InvalidArgument, ResourceExhausted
-from wheelsched.gcutil import untrack
+from wheelsched.gcutil import untracked
 
 US = 1_000_000  # microseconds per second
 
@@ -92,18 +92,18 @@ SPEC_FIELDS = 15  # Job[:SPEC_FIELDS] is the spec
 STATUS_START = Job._fields.index("state")  # Job[STATUS_START:] is what UPDATE ops carry
 _FIELD_INDEX = {name: i for i, name in enumerate(Job._fields)}
 
-# Building a Job from a ready sequence without NamedTuple's argument
-# handling (Job(*values) costs ~3x this; Job._replace, which re-maps all 26
-# fields through a generator, ~20x). Both are on the fire and replay paths.
-# Every Job is also untracked from the cyclic GC (see wheelsched/_gc_c.pyx):
-# it holds only atoms, and a million tracked jobs make every full collection
-# walk them all.
-_new_tuple = tuple.__new__
+# Jobs are built by ``wheelsched.gcutil.untracked`` (or ``with_fields``),
+# without NamedTuple's argument handling (Job(*values) costs ~3x
+# ``tuple.__new__(Job, values)``; Job._replace, which re-maps all 26 fields
+# through a generator, ~20x), on the fire and replay paths. Every Job is
+# also untracked from the cyclic GC (see wheelsched/_gc_c.pyx): it holds
+# only atoms, and a million tracked jobs make every full collection walk
+# them all.
 
 
 def make_job(values) -> Job:
     """A Job from a sequence of its 26 field values (e.g. a decoded log record)."""
-    return untrack(_new_tuple(Job, values))
+    return untracked(Job, values)
 
 
 def replace(job: Job, **changes) -> Job:
@@ -111,7 +111,7 @@ def replace(job: Job, **changes) -> Job:
     values = list(job)
     for name, value in changes.items():
         values[_FIELD_INDEX[name]] = value
-    return untrack(_new_tuple(Job, values))
+    return untracked(Job, values)
 
 
 def spec_of(job: Job) -> tuple:
@@ -297,10 +297,10 @@ def build_job(
         retry = defaults.resolved
     else:
         retry = _retry_fields(req, limits, defaults, field)
-    return untrack(_new_tuple(Job, (
+    return untracked(Job, (
         job_id, queue, payload, kind, when, cron_expr, time_zone, misfire, priority, *retry,
         num, now_us, _SCHEDULED_STATE, 0, first, first, "", 0, 0, 0, 0,
-    )))
+    ))
 
 
 def _retry_fields(req: JobRequest, limits: Limits, defaults: Defaults, field: str) -> tuple:

@@ -38,6 +38,7 @@ from typing import Any
 
 from wheelsched.engine.deps import Dependencies
 from wheelsched.engine.model import STATUS_START, Job, JobState, make_job
+from wheelsched.gcutil import with_fields
 
 SCHEDULE, UPDATE, DISPATCH, EPOCH, RESOLVE, REOPEN = 1, 2, 3, 4, 5, 6
 
@@ -48,6 +49,8 @@ _DEAD = int(JobState.DEAD)
 _CANCELLED = int(JobState.CANCELLED)
 _WAITING = int(JobState.WAITING)
 _STATE, _ATTEMPT, _NEXT_US = (Job._fields.index(f) for f in ("state", "attempt", "next_us"))
+if (_ATTEMPT, _NEXT_US) != (_STATE + 1, _STATE + 2):  # DISPATCH writes the three as one run
+    raise ImportError("Job fields state, attempt and next_us must be adjacent")
 
 
 class Shard:
@@ -113,16 +116,15 @@ class Shard:
             store = self._store
             for job_id, attempt, deadline in op[1]:
                 old = jobs[job_id]
-                values = list(old)
-                values[_STATE] = _DISPATCHED
-                values[_ATTEMPT] = attempt
-                values[_NEXT_US] = deadline
-                store(old, make_job(values))
+                # state, attempt and next_us (the lease deadline), in that order
+                store(old, with_fields(old, _STATE, (_DISPATCHED, attempt, deadline)))
         elif code == UPDATE:
             old = jobs[op[1]]
-            self._store(old, make_job(old[:STATUS_START] + tuple(op[2:])))
+            self._store(old, with_fields(old, STATUS_START, op, 2))
         elif code == SCHEDULE:
-            job = make_job(op[1])
+            job = op[1]
+            if type(job) is not Job:  # read back from the log: a list
+                job = make_job(job)
             old = jobs.get(job.id)
             if old is not None:  # an id reused after its old job ended
                 self._forget(old)
@@ -139,7 +141,7 @@ class Shard:
             deps.open = deps.reopen_ids()
             self._link(job_id, deps.open)
             old = jobs[job_id]
-            self._store(old, make_job(old[:STATUS_START] + tuple(op[2:])))
+            self._store(old, with_fields(old, STATUS_START, op, 2))
         elif code == EPOCH:
             self.epoch = op[1]
         else:
@@ -358,6 +360,4 @@ class Shard:
         if not deps.open:
             old = self.jobs[job_id]
             if old.state == _WAITING:
-                values = list(old)
-                values[_STATE] = _SCHEDULED
-                self._store(old, make_job(values))
+                self._store(old, with_fields(old, _STATE, (_SCHEDULED,)))
