@@ -19,6 +19,7 @@ from wheelsched.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    NotOwner,
     ResourceExhausted,
 )
 
@@ -353,6 +354,36 @@ def test_ack_errors_change_nothing(h):
     assert [type(r.error) for r in results] == [FailedPrecondition, FailedPrecondition, NotFound,
                                                  InvalidArgument]
     assert state(h, "a") == JobState.DISPATCHED
+
+
+def test_an_ack_finds_its_lease_only_while_this_node_holds_it(h):
+    """Acks of jobs leased here skip id validation and shard hashing (the
+    lease names the shard). Ids that are not strings still get a clear
+    error; a shard that left the node takes its leases with it (the ack is
+    a redirect, the worker's credit comes back); and after a restart the
+    leases of the old epoch are refused as before."""
+    ids = [f"job-{i}" for i in range(40)]
+    shards = {i: h.engine.shard_for(i).id for i in ids}
+    a = ids[0]
+    b = next(i for i in ids if shards[i] != shards[a])
+    h.engine.schedule([req(a, at=0.0), req(b, at=0.0)])
+    sub = h.subscribe()
+    h.engine.tick()
+    ds = {d.job.id: d for d in h.take()}
+    assert sub.in_flight == 2
+    epoch = ds[a].epoch
+    results, _ = h.engine.ack([AckItem(None, 1, epoch, True), AckItem(7, 1, epoch, True),
+                               AckItem(["x"], 1, epoch, True), AckItem(a + "\x00", 1, epoch, True)])
+    assert [type(r.error) for r in results] == [InvalidArgument] * 4
+    assert state(h, a) == state(h, b) == JobState.DISPATCHED and sub.in_flight == 2
+    h.engine.detach_shard(shards[b])
+    assert sub.in_flight == 1
+    results, _ = h.engine.ack([AckItem(b, 1, ds[b].epoch, True), AckItem(a, 1, epoch, True)])
+    assert isinstance(results[0].error, NotOwner) and results[0].error.shard == shards[b]
+    assert results[1].error is None and state(h, a) == JobState.SUCCEEDED and sub.in_flight == 0
+    # the same ack again: no lease now, so the full checks answer
+    results, _ = h.engine.ack([AckItem(a, 1, epoch, True)])
+    assert isinstance(results[0].error, FailedPrecondition)
 
 
 # --------------------------------------------------------------------------- restart

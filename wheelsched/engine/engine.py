@@ -82,6 +82,8 @@ _FINAL = frozenset(int(s) for s in FINAL_STATES)
 _CRON = int(ScheduleKind.CRON)
 # Where each status field sits in an UPDATE op ([UPDATE, job_id, *status]).
 _OP_INDEX = {name: 2 + i for i, name in enumerate(Job._fields[STATUS_START:])}
+_OP_STATE, _OP_NEXT_US, _OP_FINISHED_US, _OP_LAST_ERROR = (
+    _OP_INDEX[f] for f in ("state", "next_us", "finished_us", "last_error"))
 
 Waits = dict  # log -> highest seq the caller must see durable before replying
 
@@ -248,7 +250,11 @@ class Engine:
         self._ready_seq = 0
         self._subs: dict[str, list[Subscription]] = {}
         self._rr: dict[str, int] = {}
-        self._lease_owner: dict[tuple[int, str], Subscription] = {}
+        # job id -> (the subscription holding its lease, its shard). Job ids
+        # are unique across shards (the id picks the shard), and an ack that
+        # names a job found here needs neither id validation nor shard
+        # hashing: the id is one this node dispatched, on a shard it owns.
+        self._lease_owner: dict[str, tuple[Subscription, Shard]] = {}
         self._unlogged: dict[Shard, list] = {}  # ops applied in this call, not yet appended
         self.dispatch_paused = False  # set while a node drains for shutdown
         self.counters: dict[str, int] = dict.fromkeys(
@@ -411,8 +417,8 @@ class Engine:
             self._linked.remove(shard)
         self._unlogged.pop(shard, None)
         owner = self._lease_owner
-        for key in [k for k in owner if k[0] == shard_id]:
-            owner.pop(key).in_flight -= 1
+        for job_id in [j for j, lease in owner.items() if lease[1] is shard]:
+            owner.pop(job_id)[0].in_flight -= 1
         return shard
 
     def _begin_epoch(self, shard: Shard, epoch: int) -> None:
@@ -743,13 +749,16 @@ class Engine:
 
     def _update(self, shard: Shard, job: Job, **status: Any) -> None:
         """Log and apply a change of ``job``'s status fields."""
-        if job.state == _DISPATCHED:
-            sub = self._lease_owner.pop((shard.id, job.id), None)
-            if sub is not None:
-                sub.in_flight -= 1
         op = [UPDATE, job.id, *job[STATUS_START:]]
         for name, value in status.items():
             op[_OP_INDEX[name]] = value
+        self._log_update(shard, job, op)
+
+    def _log_update(self, shard: Shard, job: Job, op: list) -> None:
+        """Log and apply ``op``, an UPDATE of ``job`` (``_update`` builds it;
+        the ack path builds its own, without the keyword arguments)."""
+        if job.state == _DISPATCHED:
+            self._end_lease(job.id)
         self._write(shard, op)
         if self._linked and self._waited_for(job.id):
             self._changed.append(job.id)
@@ -828,15 +837,19 @@ class Engine:
                 if not subs:
                     del self._subs[q]
 
-    def _end_lease(self, shard_id: int, job_id: str) -> None:
-        sub = self._lease_owner.pop((shard_id, job_id), None)
-        if sub is not None:
-            sub.in_flight -= 1
+    def _end_lease(self, job_id: str) -> None:
+        lease = self._lease_owner.pop(job_id, None)
+        if lease is not None:
+            lease[0].in_flight -= 1
 
     def _leased(self, job_id: str, attempt: int, epoch: int) -> tuple[Shard, Job]:
         """The job if (id, attempt, epoch) is its current lease; else why not."""
-        check_job_id(job_id, self.config.limits, "job_id")
-        shard = self.shard_for(job_id)
+        lease = self._lease_owner.get(job_id) if type(job_id) is str else None
+        if lease is not None:
+            shard = lease[1]
+        else:  # not leased on a stream of this node (or not a valid id)
+            check_job_id(job_id, self.config.limits, "job_id")
+            shard = self.shard_for(job_id)
         job = shard.jobs.get(job_id)
         if job is None:
             raise NotFound(f"job {job_id!r} not found")
@@ -915,8 +928,12 @@ class Engine:
             self._next_execution(shard, job, now, executions=job.executions + 1,
                                  last_error="")
         else:
-            self._update(shard, job, state=_SUCCEEDED, next_us=0, finished_us=now,
-                         last_error="")
+            op = [UPDATE, job.id, *job[STATUS_START:]]
+            op[_OP_STATE] = _SUCCEEDED
+            op[_OP_NEXT_US] = 0
+            op[_OP_FINISHED_US] = now
+            op[_OP_LAST_ERROR] = ""
+            self._log_update(shard, job, op)
 
     def _fail(self, shard: Shard, job: Job, now: int, error: str, retryable: bool) -> None:
         self.counters["failed"] += 1
@@ -973,7 +990,7 @@ class Engine:
         """Log and apply REOPEN: like ``_update``, and the recurring
         dependencies open again; those that succeeded meanwhile resolve now."""
         if job.state == _DISPATCHED:
-            self._end_lease(shard.id, job.id)
+            self._end_lease(job.id)
         op = [REOPEN, job.id, *job[STATUS_START:]]
         for name, value in status.items():
             op[_OP_INDEX[name]] = value
@@ -1174,7 +1191,7 @@ class Engine:
                 sub.in_flight += 1
                 if sub.in_flight >= sub.max_in_flight:
                     subs.pop(turn)
-                owner[(shard_id, job_id)] = sub
+                owner[job_id] = (sub, shard)
                 items = per_shard.get(shard)
                 if items is None:
                     items = per_shard[shard] = []
