@@ -43,7 +43,7 @@ def untrack(obj):
     return obj
 
 
-cdef inline void _put(object out, Py_ssize_t i, PyObject *item):
+cdef inline void _put(object out, Py_ssize_t i, PyObject *item) noexcept:
     Py_INCREF(<object>item)
     PyTuple_SET_ITEM(out, i, item)
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 import bisect
 import gc
 import heapq
+import itertools
 import random
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -247,7 +248,7 @@ class Engine:
         self.owner_of: Callable[[int], tuple[str, int]] = _nobody
         # queue -> heap of (-priority, fire_us, seq, shard_id, num)
         self._ready: dict[str, list] = {}
-        self._ready_seq = 0
+        self._ready_seq = itertools.count(1)  # FIFO among equals
         self._subs: dict[str, list[Subscription]] = {}
         self._rr: dict[str, int] = {}
         # job id -> (the subscription holding its lease, its shard). Job ids
@@ -1020,7 +1021,7 @@ class Engine:
         now = self.clock()
         now_tick = now // self.config.tick_us
         fired_total = 0
-        ready = self._ready
+        ready, ready_seq, heappush = self._ready, self._ready_seq, heapq.heappush
         rows = self.queue_counters
         for shard in self.shards:
             if not shard.firing:
@@ -1033,7 +1034,7 @@ class Engine:
             if not len(fired):
                 continue
             jobs, by_num = shard.jobs, shard.by_num
-            shard_ready = shard.ready
+            shard_ready, shard_id = shard.ready, shard.id
             for num in fired:
                 job = jobs[by_num[num]]
                 state = job.state
@@ -1042,14 +1043,14 @@ class Engine:
                         job = self._late_cron(shard, job, now)
                         if job.next_us > now:
                             continue  # SKIP: re-armed for its next occurrence
-                    heap = ready.get(job.queue)
+                    queue = job.queue
+                    heap = ready.get(queue)
                     if heap is None:
-                        heap = ready[job.queue] = []
-                    self._ready_seq += 1
-                    heapq.heappush(heap, (-job.priority, job.next_us, self._ready_seq, shard.id, num))
+                        heap = ready[queue] = []
+                    heappush(heap, (-job.priority, job.next_us, next(ready_seq), shard_id, num))
                     shard_ready.add(num)
                     fired_total += 1
-                    (rows.get(job.queue) or self._qrow(job.queue))[_Q_FIRED] += 1
+                    (rows.get(queue) or self._qrow(queue))[_Q_FIRED] += 1
                 elif state == _DISPATCHED:
                     self.counters["lease_expired"] += 1
                     self._fail(shard, job, now, "lease expired", True)
@@ -1126,8 +1127,7 @@ class Engine:
         heap = self._ready.get(job.queue)
         if heap is None:
             heap = self._ready[job.queue] = []
-        self._ready_seq += 1
-        heapq.heappush(heap, (-job.priority, job.next_us, self._ready_seq, shard.id, job.num))
+        heapq.heappush(heap, (-job.priority, job.next_us, next(self._ready_seq), shard.id, job.num))
         shard.ready.add(job.num)
         shard.note_ready((job.num,))
         self.counters["fired"] += 1
@@ -1180,10 +1180,10 @@ class Engine:
                 shard = shards[shard_id]
                 if shard is None:
                     continue  # handed over since it fired
-                shard_ready = shard.ready
-                if num not in shard_ready:
+                try:
+                    shard.ready.remove(num)
+                except KeyError:
                     continue  # changed since it fired (cancelled)
-                shard_ready.discard(num)
                 job = shard.jobs[shard.by_num[num]]
                 job_id = job.id
                 turn = (turn + 1) % len(subs)
@@ -1195,7 +1195,7 @@ class Engine:
                 items = per_shard.get(shard)
                 if items is None:
                     items = per_shard[shard] = []
-                items.append([job_id, job.attempt + 1, now + job.lease_us])
+                items.append((job_id, job.attempt + 1, now + job.lease_us))
                 lst = per_sub.get(sub)
                 if lst is None:
                     lst = per_sub[sub] = []

@@ -113,11 +113,25 @@ class Shard:
         code = op[0]
         jobs = self.jobs
         if code == DISPATCH:
-            store = self._store
+            # _store, inlined for the one transition a dispatch makes
+            # (SCHEDULED -> DISPATCHED): the job fired, so it has no timer
+            # and is out of ``ready`` (the dispatch took it out); it stays
+            # active, is in flight now, and its lease deadline is its timer.
+            insert = None if self.replaying else self.wheel.insert
+            tick_us = self.tick_us
+            leased = 0
             for job_id, attempt, deadline in op[1]:
                 old = jobs[job_id]
                 # state, attempt and next_us (the lease deadline), in that order
-                store(old, with_fields(old, _STATE, (_DISPATCHED, attempt, deadline)))
+                new = with_fields(old, _STATE, (_DISPATCHED, attempt, deadline))
+                if old.state != _SCHEDULED:  # not from the engine's dispatch: the general way
+                    self._store(old, new)
+                    continue
+                jobs[job_id] = new
+                leased += 1
+                if insert is not None:
+                    insert(new.num, -(-deadline // tick_us))
+            self.in_flight += leased
         elif code == UPDATE:
             old = jobs[op[1]]
             self._store(old, with_fields(old, STATUS_START, op, 2))
