@@ -106,6 +106,25 @@ def test_threaded_group_commit(tmp_path: Path) -> None:
     assert sorted(r.payload for r in got) == sorted([k, i] for k in range(16) for i in range(50))
 
 
+def test_each_thread_packs_with_its_own_packer_which_survives_a_bad_payload() -> None:
+    """The encoder is kept per thread (a msgpack Packer is not thread-safe),
+    and a payload it cannot encode leaves nothing behind in it."""
+    import msgpack
+
+    from wheelsched.wal.format import pack, packer
+
+    mine = packer()
+    assert packer() is mine
+    theirs: list[Any] = []
+    t = threading.Thread(target=lambda: theirs.append(packer()))
+    t.start()
+    t.join()
+    assert theirs[0] is not mine
+    with pytest.raises(TypeError):
+        pack([1, "half written", object()])
+    assert msgpack.unpackb(pack([2, "job", b"\x00", 1.5, None])) == [2, "job", b"\x00", 1.5, None]
+
+
 def test_append_many_and_policies(tmp_path: Path) -> None:
     for policy in ("always", "interval:5", "never"):
         d = tmp_path / policy.replace(":", "_")

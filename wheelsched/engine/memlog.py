@@ -15,6 +15,7 @@ from typing import Any
 import msgpack
 
 from wheelsched.wal import OP, SNAPSHOT, Record
+from wheelsched.wal.format import pack
 
 
 class MemoryLog:
@@ -53,7 +54,7 @@ class MemoryLog:
     def append(self, payload: Any) -> int:
         if self.failed is not None:
             raise self.failed
-        self._ops.append(msgpack.packb(payload))
+        self._ops.append(pack(payload))
         self.last_seq += 1
         self.durable_seq = self.last_seq
         return self.last_seq
@@ -74,7 +75,7 @@ class MemoryLog:
         return bool(self.snapshot_every_records) and len(self._ops) >= self.snapshot_every_records
 
     def snapshot(self, records: Iterable[Any]) -> bool:
-        self._snapshot = [msgpack.packb(r) for r in records]
+        self._snapshot = [pack(r) for r in records]
         self._snapshot_seq = self.last_seq
         self._ops = []
         self.snapshots_taken += 1

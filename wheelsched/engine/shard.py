@@ -255,7 +255,7 @@ class Shard:
         if state == _SCHEDULED or state == _DISPATCHED:  # noqa: SIM109 - cheaper than a tuple test
             self.wheel.insert(num, -(-new.next_us // self.tick_us))
         elif state != _WAITING:  # a waiting job has no timer: a RESOLVE arms it
-            self.wheel.insert(num, self.tick_of(new.finished_us + self._retention_us(state)))
+            self.wheel.insert(num, -(-(new.finished_us + self._retention_us(state)) // self.tick_us))
 
     def note_ready(self, nums: Any) -> None:
         """``nums`` (a batch the fire path took from the wheel, or one made

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 import struct
+import threading
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import msgpack
@@ -117,9 +119,25 @@ def snapshot_name(covered_seq: int) -> str:
     return f"{covered_seq:016x}{SNAPSHOT_SUFFIX}"
 
 
+_this_thread = threading.local()
+
+
+def packer() -> Callable[[Any], bytes]:
+    """This thread's msgpack encoder: ``pack`` of a ``Packer`` kept for the
+    thread (a Packer is not thread-safe; it resets itself after an error).
+    ``msgpack.packb`` builds a new Packer and buffer on every call: 0.86 µs
+    for an UPDATE op here, against 0.33 µs reused, on the path of every
+    scheduled, dispatched and acked job."""
+    try:
+        return _this_thread.pack
+    except AttributeError:
+        _this_thread.pack = msgpack.Packer(use_bin_type=True).pack
+        return _this_thread.pack
+
+
 def pack(obj: Any) -> bytes:
-    """msgpack-encode a payload (thread-safe: a fresh C-level packer per call)."""
-    return msgpack.packb(obj, use_bin_type=True)
+    """msgpack-encode a payload (thread-safe: each thread has its packer)."""
+    return packer()(obj)
 
 
 def frame(rtype: int, seq: int, payload: bytes) -> bytes:

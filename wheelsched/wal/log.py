@@ -45,7 +45,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import msgpack
 from crc32c import crc32c
 
 from . import repair
@@ -71,6 +70,7 @@ from .format import (
     encode_file_header,
     frame,
     pack,
+    packer,
     segment_name,
     snapshot_name,
 )
@@ -513,7 +513,7 @@ class WriteAheadLog:
 
     # ------------------------------------------------------------------ appending
     def append(self, payload: Any) -> int:
-        data = msgpack.packb(payload, use_bin_type=True)
+        data = pack(payload)
         n = len(data)
         with self._qlock:
             if not self._accepting:
@@ -530,8 +530,7 @@ class WriteAheadLog:
         return seq
 
     def append_many(self, payloads: Iterable[Any]) -> int:
-        packb = msgpack.packb
-        datas = [packb(p, use_bin_type=True) for p in payloads]
+        datas = list(map(packer(), payloads))
         tail = TAIL_STRUCT.pack
         crcp = CRC_STRUCT.pack
         with self._qlock:
@@ -975,10 +974,10 @@ class WriteAheadLog:
                 chunk: list[bytes] = [encode_file_header(SNAPSHOT_MAGIC, covered, self.meta)]
                 size = 0
                 count = 0
-                packb = msgpack.packb
+                packb = packer()
                 for item in records:
                     count += 1
-                    data = packb(item, use_bin_type=True)
+                    data = packb(item)
                     chunk.append(frame(T_SNAPSHOT_ITEM, count, data))
                     size += len(data) + 16
                     if size >= _SNAPSHOT_CHUNK:
