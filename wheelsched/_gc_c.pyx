@@ -50,7 +50,8 @@ cdef inline void _put(object out, Py_ssize_t i, PyObject *item) noexcept:
 
 def untracked(type cls, values):
     """``tuple.__new__(cls, values)``, untracked: ``cls`` is a tuple
-    subclass and ``values`` a sequence of atoms."""
+    subclass and ``values`` hold nothing that can be part of a reference
+    cycle (atoms, or records of atoms)."""
     if not PyType_IsSubtype(<PyTypeObject *>cls, <PyTypeObject *>tuple):
         raise TypeError(f"{cls.__name__} is not a tuple subclass")
     seq = PySequence_Fast(values, "values must be a sequence")
@@ -66,7 +67,7 @@ def untracked(type cls, values):
 def with_fields(old, Py_ssize_t start, values, Py_ssize_t offset=0):
     """A copy of ``old`` (same type, untracked) whose items from ``start``
     on are ``values[offset:]``, as many as that holds; the rest as in
-    ``old``. Every item must be an atom."""
+    ``old``. As for ``untracked``, no item may be able to join a cycle."""
     if not isinstance(old, tuple):
         raise TypeError("old must be a tuple")
     seq = PySequence_Fast(values, "values must be a sequence")
