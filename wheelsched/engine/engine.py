@@ -249,7 +249,10 @@ class Engine:
         # standalone, the node owns every shard for good.
         self.may_fire: Callable[[], bool] = _always
         self.owner_of: Callable[[int], tuple[str, int]] = _nobody
-        # queue -> heap of (-priority, fire_us, seq, shard_id, num)
+        # queue -> heap of (-priority, next_us, seq, shard, num, job): an
+        # entry is current while num is in its shard's ``ready`` (any change
+        # to the job, or the shard leaving, takes it out), and then ``job``
+        # is still the job's record; stale entries are skipped when popped.
         self._ready: dict[str, list] = {}
         self._ready_seq = itertools.count(1)  # FIFO among equals
         self._subs: dict[str, list[Subscription]] = {}
@@ -1039,7 +1042,7 @@ class Engine:
             if not len(fired):
                 continue
             jobs, by_num = shard.jobs, shard.by_num
-            shard_ready, shard_id = shard.ready, shard.id
+            shard_ready = shard.ready
             for num in fired:
                 job = jobs[by_num[num]]
                 state = job.state
@@ -1052,7 +1055,7 @@ class Engine:
                     heap = ready.get(queue)
                     if heap is None:
                         heap = ready[queue] = []
-                    heappush(heap, (-job.priority, job.next_us, next(ready_seq), shard_id, num))
+                    heappush(heap, (-job.priority, job.next_us, next(ready_seq), shard, num, job))
                     shard_ready.add(num)
                     fired_total += 1
                     (rows.get(queue) or self._qrow(queue))[_Q_FIRED] += 1
@@ -1132,7 +1135,7 @@ class Engine:
         heap = self._ready.get(job.queue)
         if heap is None:
             heap = self._ready[job.queue] = []
-        heapq.heappush(heap, (-job.priority, job.next_us, next(self._ready_seq), shard.id, job.num))
+        heapq.heappush(heap, (-job.priority, job.next_us, next(self._ready_seq), shard, job.num, job))
         shard.ready.add(job.num)
         shard.note_ready((job.num,))
         self.counters["fired"] += 1
@@ -1168,7 +1171,6 @@ class Engine:
         if not self._ready or not self._subs or self.dispatch_paused or not self.may_fire():
             return
         now = self.clock()
-        shards = self._by_id
         per_shard: dict[Shard, list] = {}
         per_sub: dict[Subscription, list] = {}
         owner = self._lease_owner
@@ -1181,16 +1183,12 @@ class Engine:
             turn = self._rr.get(queue, 0)
             sent = 0
             while heap and subs:
-                _, due, _, shard_id, num = heappop(heap)
-                shard = shards[shard_id]
-                if shard is None:
-                    continue  # handed over since it fired
+                _, due, _, shard, num, job = heappop(heap)
                 try:
                     shard.ready.remove(num)
                 except KeyError:
-                    continue  # changed since it fired (cancelled)
-                job = shard.jobs[shard.by_num[num]]
-                job_id = job.id
+                    continue  # changed since it fired (cancelled, or the shard handed over)
+                job_id = job.id  # still the job's record: any change takes it out of ready
                 turn = (turn + 1) % len(subs)
                 sub = subs[turn]
                 sub.in_flight += 1
