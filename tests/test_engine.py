@@ -386,6 +386,27 @@ def test_an_ack_finds_its_lease_only_while_this_node_holds_it(h):
     assert isinstance(results[0].error, FailedPrecondition)
 
 
+def test_a_shard_that_leaves_takes_its_ready_jobs_out_of_the_queues(h):
+    """Ready-queue entries carry their shard and job records: a shard that
+    is drained or detached must leave none behind (they would keep its
+    records alive), and what is dispatched afterwards is the other shards'."""
+    ids = [f"job-{i}" for i in range(40)]
+    by_shard: dict[int, list[str]] = {}
+    for i in ids:
+        by_shard.setdefault(h.engine.shard_for(i).id, []).append(i)
+    gone, drained, *kept = sorted(by_shard, key=lambda s: -len(by_shard[s]))
+    h.engine.schedule([req(i, at=0.0) for i in ids])
+    h.engine.tick()  # no worker yet: every job waits in its queue
+    assert sum(len(heap) for heap in h.engine._ready.values()) == len(ids)
+    left = h.engine.detach_shard(gone)
+    h.engine.drain_shard(drained)
+    entries = [e for heap in h.engine._ready.values() for e in heap]
+    assert all(e[3] is not left and e[3].id != drained for e in entries)
+    h.subscribe()
+    assert sorted(d.job.id for d in h.take()) == sorted(i for s in kept for i in by_shard[s])
+    assert not h.engine._ready
+
+
 # --------------------------------------------------------------------------- restart
 
 

@@ -407,7 +407,17 @@ class Engine:
         if shard is not None:
             shard.firing = False
             shard.draining = True
-            shard.clear_ready()  # their ready-queue entries are skipped from now on
+            shard.clear_ready()
+            # Its ready-queue entries go now (they would be skipped, but
+            # until popped they keep the shard's records alive).
+            for queue, heap in list(self._ready.items()):
+                kept = [entry for entry in heap if entry[3] is not shard]
+                if len(kept) != len(heap):
+                    heapq.heapify(kept)
+                    if kept:
+                        self._ready[queue] = kept
+                    else:
+                        del self._ready[queue]
         return shard
 
     def detach_shard(self, shard_id: int) -> Shard | None:
