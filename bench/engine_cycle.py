@@ -116,8 +116,9 @@ def flow(n: int, log_kind: str) -> None:
                     clock=lambda: now[0], open_log=open_log, wheel_factory=TimingWheel)
     engine.recover()
     total = 3 * n
+    # due 1 µs apart from 1,001 µs on: each 1 ms tick fires exactly 1,000
     for lo in range(0, total, 10_000):
-        engine.schedule([JobRequest(queue="q", id=f"job-{i}", payload=b"x" * 32, due_us=now[0] + 1000 + i)
+        engine.schedule([JobRequest(queue="q", id=f"job-{i}", payload=b"x" * 32, due_us=now[0] + 1001 + i)
                          for i in range(lo, min(total, lo + 10_000))])
     gc.collect()
     gc.freeze()
