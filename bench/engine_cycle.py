@@ -11,10 +11,11 @@ Then what a status call's lag costs with 10 N jobs ready and no worker.
 With ``--instructions``, instead: instructions per job, counted by
 valgrind's callgrind (which counts, so the figure is the same on a busy
 machine as on a quiet one, for the same code and inputs; times here are not).
-Each log kind runs a steady flow (N jobs fired, dispatched and acked 1,000
-at a time over 16 shards) twice, at N and 3 N, in child processes, and the
-difference over 2 N is the cost per job without start-up; heapq push+pop of
-the same entries, counted the same way, is the baseline. Takes a few minutes.
+Each log kind runs a steady flow (3 N jobs scheduled, then N of them fired,
+dispatched and acked 1,000 at a time over 16 shards) twice, at N and 3 N,
+in child processes, and the difference over 2 N is the cost per job without
+start-up and scheduling; heapq push+pop of N entries, counted the same way,
+is the baseline. Takes a few minutes.
 
     python -m bench.engine_cycle [--quick] [--json PATH] [--instructions]
 """
@@ -100,9 +101,9 @@ def status_lag(n: int) -> dict[str, float]:
     return out
 
 
-def flow(n: int, log_kind: str) -> None:
-    """The steady flow ``--instructions`` counts: 3 N jobs scheduled (their
-    cost is the same at N and 3 N, so it cancels out), then the first N
+def flow(n: int, total: int, log_kind: str) -> None:
+    """The steady flow ``--instructions`` counts: ``total`` jobs scheduled
+    (the same in both runs, so their cost cancels out), then the first N
     fired, dispatched and acked 1,000 at a time."""
     root = Path(tempfile.mkdtemp(prefix="ws-flow-"))
     now = [1_800_000_000 * US]
@@ -115,7 +116,6 @@ def flow(n: int, log_kind: str) -> None:
     engine = Engine(EngineConfig(shard_count=16, limits=Limits(max_batch_jobs=10_000)),
                     clock=lambda: now[0], open_log=open_log, wheel_factory=TimingWheel)
     engine.recover()
-    total = 3 * n
     # due 1 µs apart from 1,001 µs on: each 1 ms tick fires exactly 1,000
     for lo in range(0, total, 10_000):
         engine.schedule([JobRequest(queue="q", id=f"job-{i}", payload=b"x" * 32, due_us=now[0] + 1001 + i)
@@ -145,10 +145,10 @@ def heapq_flow(n: int) -> None:
         heapq.heappop(heap)
 
 
-def _counted(what: str, n: int) -> int:
+def _counted(what: str, n: int, total: int) -> int:
     """Instructions callgrind counts for one child run of ``what`` at ``n``."""
     cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
-           sys.executable, "-m", "bench.engine_cycle", "--child", what, str(n)]
+           sys.executable, "-m", "bench.engine_cycle", "--child", what, str(n), str(total)]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
     found = re.search(r"Collected : (\d+)", done.stderr)
     if done.returncode != 0 or found is None:
@@ -162,7 +162,7 @@ def instructions(n: int) -> dict[str, float]:
     out = {}
     for what in ("memory", "wal", "heapq"):
         print(f"  .. counting {what} ({n:,} and {3 * n:,})", file=sys.stderr, flush=True)
-        out[what] = (_counted(what, 3 * n) - _counted(what, n)) / (2 * n)
+        out[what] = (_counted(what, 3 * n, 3 * n) - _counted(what, n, 3 * n)) / (2 * n)
     return out
 
 
@@ -182,14 +182,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="tiny size (tests)")
     p.add_argument("--instructions", action="store_true",
                    help="count instructions per job with callgrind instead of timing")
-    p.add_argument("--child", nargs=2, metavar=("WHAT", "N"), help=argparse.SUPPRESS)
+    p.add_argument("--child", nargs=3, metavar=("WHAT", "N", "TOTAL"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        what, count = args.child[0], int(args.child[1])
+        what, count, total = args.child[0], int(args.child[1]), int(args.child[2])
         if what == "heapq":
             heapq_flow(count)
         else:
-            flow(count, what)
+            flow(count, total, what)
         return 0
     if args.instructions:
         return main_instructions(args)

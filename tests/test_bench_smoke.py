@@ -84,7 +84,7 @@ def test_engine_cycle_bench_smoke(tmp_path: Path) -> None:
 def test_engine_cycle_counted_flows_run(what: str) -> None:
     """The flows ``--instructions`` runs under callgrind, run plainly: each
     step of the engine's flow fires, dispatches and acks its 1,000 jobs."""
-    proc = subprocess.run([sys.executable, "-m", "bench.engine_cycle", "--child", what, "3000"],
+    proc = subprocess.run([sys.executable, "-m", "bench.engine_cycle", "--child", what, "3000", "4000"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
