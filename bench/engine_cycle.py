@@ -40,7 +40,11 @@ from wheelsched.wal import WALOptions, WriteAheadLog
 from wheelsched.wheel import TimingWheel
 
 
-def cycle(n: int, log_kind: str) -> dict[str, float]:
+def engine_with_jobs(log_kind: str, count: int, due_from_us: int,
+                     max_in_flight: int = 10_000) -> tuple[Engine, list[int], Path]:
+    """An engine over 16 shards on a manual clock (``now[0]``), its logs in
+    memory or write-ahead logs with fsync ``never`` under the returned
+    directory, holding ``count`` jobs due 1 µs apart from ``due_from_us`` on."""
     root = Path(tempfile.mkdtemp(prefix="ws-cycle-"))
     now = [1_800_000_000 * US]
 
@@ -49,13 +53,20 @@ def cycle(n: int, log_kind: str) -> dict[str, float]:
             return MemoryLog()
         return WriteAheadLog(root / f"s{i}", WALOptions(fsync="never"), meta={"shard": i})
 
-    engine = Engine(EngineConfig(shard_count=16, limits=Limits(max_in_flight=n, max_batch_jobs=10_000)),
+    limits = Limits(max_in_flight=max_in_flight, max_batch_jobs=10_000)
+    engine = Engine(EngineConfig(shard_count=16, limits=limits),
                     clock=lambda: now[0], open_log=open_log, wheel_factory=TimingWheel)
     engine.recover()
-    for lo in range(0, n, 10_000):
-        engine.schedule([JobRequest(queue="q", id=f"job-{i}", payload=b"x" * 32, due_us=now[0] + 1000 + i)
-                         for i in range(lo, min(n, lo + 10_000))])
+    for lo in range(0, count, 10_000):
+        engine.schedule([JobRequest(queue="q", id=f"job-{i}", payload=b"x" * 32,
+                                    due_us=now[0] + due_from_us + i)
+                         for i in range(lo, min(count, lo + 10_000))])
     gc.collect()
+    return engine, now, root
+
+
+def cycle(n: int, log_kind: str) -> dict[str, float]:
+    engine, now, root = engine_with_jobs(log_kind, n, 1000, max_in_flight=n)
     got: list = []
     engine.subscribe(["q"], n, got.extend)
     now[0] += 1000 + n
@@ -105,22 +116,8 @@ def flow(n: int, total: int, log_kind: str) -> None:
     """The steady flow ``--instructions`` counts: ``total`` jobs scheduled
     (the same in both runs, so their cost cancels out), then the first N
     fired, dispatched and acked 1,000 at a time."""
-    root = Path(tempfile.mkdtemp(prefix="ws-flow-"))
-    now = [1_800_000_000 * US]
-
-    def open_log(i: int):
-        if log_kind == "memory":
-            return MemoryLog()
-        return WriteAheadLog(root / f"s{i}", WALOptions(fsync="never"), meta={"shard": i})
-
-    engine = Engine(EngineConfig(shard_count=16, limits=Limits(max_batch_jobs=10_000)),
-                    clock=lambda: now[0], open_log=open_log, wheel_factory=TimingWheel)
-    engine.recover()
-    # due 1 µs apart from 1,001 µs on: each 1 ms tick fires exactly 1,000
-    for lo in range(0, total, 10_000):
-        engine.schedule([JobRequest(queue="q", id=f"job-{i}", payload=b"x" * 32, due_us=now[0] + 1001 + i)
-                         for i in range(lo, min(total, lo + 10_000))])
-    gc.collect()
+    # due from 1,001 µs on: each 1 ms tick fires exactly 1,000
+    engine, now, root = engine_with_jobs(log_kind, total, 1001)
     gc.freeze()
     got: list = []
     engine.subscribe(["q"], 10_000, got.extend)

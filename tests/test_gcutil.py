@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import gc
 import importlib
-import os
 import sys
 from typing import NamedTuple
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from impl_helpers import check_c_chosen
 
 from wheelsched import gcutil
 from wheelsched.engine.model import STATUS_START, Job
@@ -21,8 +21,6 @@ try:
     from wheelsched import _gc_c
 except ImportError:  # test_c_helpers_are_built fails unless the twins were asked for
     _gc_c = None
-
-PURE = os.environ.get("WHEELSCHED_PURE_PYTHON", "") not in ("", "0")
 
 IMPLS = [
     pytest.param((gcutil._untracked_py, gcutil._with_fields_py), id="py"),
@@ -52,13 +50,7 @@ def job_values() -> list:
 
 
 def test_c_helpers_are_built():
-    """CI must test the C helpers, not the twins twice."""
-    if PURE:
-        assert gcutil.IMPLEMENTATION == "python"
-        pytest.skip("WHEELSCHED_PURE_PYTHON is set")
-    assert _gc_c is not None, "wheelsched._gc_c did not import: build the extension"
-    assert gcutil.IMPLEMENTATION == "c"
-    assert gcutil.with_fields is _gc_c.with_fields and gcutil.untracked is _gc_c.untracked
+    check_c_chosen(gcutil, _gc_c, "untrack", "untracked", "with_fields")
 
 
 def test_pure_python_env_forces_twins(monkeypatch):

@@ -4,22 +4,22 @@ implementations (the C extension and the pure-Python twin)."""
 from __future__ import annotations
 
 import importlib
-import os
 import random
 import time
 from array import array
 
 import pytest
+from impl_helpers import check_c_chosen
 
 from wheelsched import wheel as wheel_mod
 from wheelsched.wheel import PyTimingWheel
 
 try:
     from wheelsched._wheel_c import TimingWheel as CTimingWheel
-except ImportError:  # the test below fails unless the twin was asked for
-    CTimingWheel = None
 
-PURE = os.environ.get("WHEELSCHED_PURE_PYTHON", "") not in ("", "0")
+    from wheelsched import _wheel_c
+except ImportError:  # the test below fails unless the twin was asked for
+    _wheel_c = CTimingWheel = None
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 
@@ -48,13 +48,7 @@ def fired_with_deadlines(w, now: int, deadlines: dict[int, int]) -> list[tuple[i
 
 
 def test_c_extension_is_built():
-    """CI must test the C wheel, not the twin twice."""
-    if PURE:
-        assert wheel_mod.IMPLEMENTATION == "python"
-        pytest.skip("WHEELSCHED_PURE_PYTHON is set")
-    assert CTimingWheel is not None, "wheelsched._wheel_c did not import: build the extension"
-    assert wheel_mod.IMPLEMENTATION == "c"
-    assert wheel_mod.TimingWheel is CTimingWheel
+    check_c_chosen(wheel_mod, _wheel_c, "TimingWheel")
 
 
 def test_pure_python_env_forces_twin(monkeypatch):
