@@ -775,9 +775,7 @@ class Engine:
         """Log and apply ``op``, an UPDATE of ``job`` (``_update`` builds it;
         the ack path builds its own, without the keyword arguments)."""
         if job.state == _DISPATCHED:
-            lease = self._lease_owner.pop(job.id, None)  # _end_lease, inlined
-            if lease is not None:
-                lease[0].in_flight -= 1
+            self._end_lease(job.id)
         self._write(shard, op)
         if self._linked and self._waited_for(job.id):
             self._changed.append(job.id)
