@@ -89,13 +89,7 @@ def status_lag(n: int) -> dict[str, float]:
     worker (a node far behind): ``Engine.backlog`` over all shards, the
     first call after they fired (it files them into its index) and a later
     one, against the baseline of scanning every ready job for the oldest."""
-    now = [1_800_000_000 * US]
-    engine = Engine(EngineConfig(shard_count=16, limits=Limits(max_batch_jobs=10_000)),
-                    clock=lambda: now[0], open_log=lambda i: MemoryLog(), wheel_factory=TimingWheel)
-    engine.recover()
-    for lo in range(0, n, 10_000):
-        engine.schedule([JobRequest(queue="q", id=f"job-{i}", due_us=now[0] + 1000 + i)
-                         for i in range(lo, min(n, lo + 10_000))])
+    engine, now, root = engine_with_jobs("memory", n, 1000)
     now[0] += 1000 + n
     engine.tick()
     out = {}
@@ -109,6 +103,7 @@ def status_lag(n: int) -> dict[str, float]:
     assert [lag for _, lag in lags] == [now[0] - oldest for oldest in scanned]
     assert sum(ready for ready, _ in lags) == n
     engine.close()
+    shutil.rmtree(root, ignore_errors=True)
     return out
 
 
