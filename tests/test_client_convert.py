@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from wheelsched import errors
+from wheelsched import errors, gcutil
 from wheelsched.client import Job, JobSpec, job_from_proto
 from wheelsched.client import _convert as cv
 from wheelsched.client.cli import format_job, format_table, parse_due
@@ -214,6 +215,26 @@ def test_delivery_from_proto() -> None:
     assert (out.job_id, out.attempt, out.epoch, out.shard, out.payload) == ("j", 3, 5, 1, b"p")
     assert out.received_at - out.due_time == timedelta(seconds=1)
     assert out.lease_deadline - now == timedelta(seconds=30)
+
+
+def test_delivery_from_proto_fields_unset_and_set() -> None:
+    now = datetime.now(UTC)
+    bare = cv.delivery_from_proto(worker_pb2.Dispatch(job_id="j", queue="q"), now)
+    assert (bare.due_time, bare.lease_deadline, bare.lease_timeout) == (None, None, None)
+    assert (bare.payload, bare.attempt, bare.priority, bare.received_at) == (b"", 0, 0, now)
+    d = worker_pb2.Dispatch(job_id="j", queue="q", priority=-7)
+    d.due_time.seconds, d.due_time.nanos = -2, 999_999_999  # before the epoch; sub-µs cut off
+    d.lease_timeout.seconds, d.lease_timeout.nanos = 90, 1_500
+    out = cv.delivery_from_proto(d, now)
+    assert out.due_time == datetime(1969, 12, 31, 23, 59, 58, 999_999, tzinfo=UTC)
+    assert out.lease_timeout == timedelta(seconds=90, microseconds=1)
+    assert out.priority == -7
+    assert out == cv.Delivery("j", "q", b"", 0, 0, 0, out.due_time, None, out.lease_timeout, -7, now)
+    with pytest.raises(AttributeError):
+        out.attempt = 2  # type: ignore[misc]
+    # one per job a worker receives, holding only atoms: the collector never walks them
+    if gcutil.IMPLEMENTATION == "c":
+        assert not gc.is_tracked(out)
 
 
 class TestCliHelpers:

@@ -477,7 +477,7 @@ class Worker:
                 lease_s = max(lease_s, _MIN_LEASE_S)
             else:
                 lease_s = 30.0
-            batch.append(_Running(delivery, (d.job_id, d.attempt, d.epoch), lease_s))
+            batch.append(_Running(delivery, (delivery.job_id, delivery.attempt, delivery.epoch), lease_s))
         with self._lock:
             heap = self._heap
             head = heap[0][0] if heap else None
