@@ -128,6 +128,48 @@ def flow(n: int, total: int, log_kind: str) -> None:
     shutil.rmtree(root, ignore_errors=True)
 
 
+def worker_flow(n: int, total: int) -> None:
+    """What a Worker does per job besides waiting and the network: decode
+    the node's messages (10 dispatches each, as at 10,000 jobs/s), take the
+    jobs in, run a no-op handler and buffer its ack as a handler thread
+    does, send the acks and take the node's confirmation. Messages for
+    ``total`` jobs are built first (the same in both runs); the first N are
+    taken."""
+    from wheelsched.client.worker import Worker
+    from wheelsched.v1 import worker_pb2
+
+    worker = Worker("127.0.0.1:1", ["q"], lambda d: None, max_in_flight=10_000)
+    due_us = 1_800_000_000 * US
+    sent, confirmations = [], []
+    for lo in range(0, total, 10):
+        msg, done = worker_pb2.StreamJobsResponse(), worker_pb2.StreamJobsResponse()
+        for i in range(lo, lo + 10):
+            d = msg.dispatches.add(job_id=f"job-{i}", queue="q", payload=b"x" * 32, attempt=1,
+                                   epoch=1, shard=i % 16)
+            d.due_time.FromMicroseconds(due_us + i)
+            d.lease_deadline.FromMicroseconds(due_us + i + 30 * 10**6)
+            d.lease_timeout.FromSeconds(30)
+            done.ack_results.add(job_id=d.job_id, attempt=1)
+        sent.append(msg.SerializeToString())
+        confirmations.append(done.SerializeToString())
+    gc.freeze()
+    decode = worker_pb2.StreamJobsResponse.FromString
+    work, lock = worker._work, worker._lock
+    for k in range(n // 10):
+        worker._on_dispatches(decode(sent[k]).dispatches)
+        while work:
+            running = work.popleft()
+            item = worker._run_handler(running)
+            with lock:
+                worker._record_ack(running, item)
+        acks, worker._acks = worker._acks, []  # what the request generator does
+        for a in acks:
+            worker._unconfirmed[(a.job_id, a.attempt)] = a
+        worker_pb2.StreamJobsRequest(acks=acks).SerializeToString()
+        worker._on_results(decode(confirmations[k]))
+    assert worker.succeeded == n // 10 * 10 and not worker._unconfirmed and not worker._running
+
+
 def heapq_flow(n: int) -> None:
     """The baseline under the same counting: N entries pushed and popped."""
     heap: list = []
@@ -152,7 +194,7 @@ def instructions(n: int) -> dict[str, float]:
     """Instructions per job (per entry for heapq): the difference between
     runs at N and 3 N, over 2 N."""
     out = {}
-    for what in ("memory", "wal", "heapq"):
+    for what in ("memory", "wal", "worker", "heapq"):
         print(f"  .. counting {what} ({n:,} and {3 * n:,})", file=sys.stderr, flush=True)
         out[what] = (_counted(what, 3 * n, 3 * n) - _counted(what, n, 3 * n)) / (2 * n)
     return out
@@ -180,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         what, count, total = args.child[0], int(args.child[1]), int(args.child[2])
         if what == "heapq":
             heapq_flow(count)
+        elif what == "worker":
+            worker_flow(count, total)
         else:
             flow(count, total, what)
         return 0
@@ -217,6 +261,8 @@ def main_instructions(args: argparse.Namespace) -> int:
     base = counts["heapq"]
     rows = [[f"engine, {kind} log", counts[kind], f"{counts[kind] / base:.0f}x"]
             for kind in ("memory", "wal")]
+    rows.append(["worker (client): receive, no-op handler, ack", counts["worker"],
+                 f"{counts['worker'] / base:.0f}x"])
     rows.append(["heapq push+pop", base, "1x"])
     print_table(f"Instructions per job (callgrind), fire + dispatch + ack, flow of {n:,} jobs "
                 f"in steps of 1,000 over 16 shards", ["case", "instructions", "vs heapq"], rows)

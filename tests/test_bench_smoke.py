@@ -80,10 +80,11 @@ def test_engine_cycle_bench_smoke(tmp_path: Path) -> None:
         assert r["fire_dispatch_us"] > 0 and r["ack_us"] > 0 and r["sustainable_per_s"] > 0
 
 
-@pytest.mark.parametrize("what", ["memory", "wal", "heapq"])
+@pytest.mark.parametrize("what", ["memory", "wal", "worker", "heapq"])
 def test_engine_cycle_counted_flows_run(what: str) -> None:
     """The flows ``--instructions`` runs under callgrind, run plainly: each
-    step of the engine's flow fires, dispatches and acks its 1,000 jobs."""
+    step of the engine's flow fires, dispatches and acks its 1,000 jobs, and the
+    worker's flow ends with every job acked and confirmed."""
     proc = subprocess.run([sys.executable, "-m", "bench.engine_cycle", "--child", what, "3000", "4000"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
