@@ -386,6 +386,38 @@ def test_an_ack_finds_its_lease_only_while_this_node_holds_it(h):
     assert isinstance(results[0].error, FailedPrecondition)
 
 
+def test_only_firing_shards_fire_and_set_the_next_wakeup(h):
+    """tick and next_wakeup_us ask only the shards that fire, and follow
+    every change of that: a drained shard's due job neither fires nor wakes
+    the node; the shard taken over again fires once start_firing says so."""
+    h.engine.schedule([req("here", at=1.0), req("elsewhere", at=5.0)])
+    here = h.engine.shard_for("here").id
+    assert h.engine.shard_for("elsewhere").id != here
+    assert h.engine.next_wakeup_us() <= h.clock.now + US
+    h.subscribe()
+    h.engine.drain_shard(here)
+    assert h.engine.next_wakeup_us() > h.clock.now + 4 * US  # only "elsewhere" counts now
+    h.clock.advance(2.0)
+    h.engine.tick()
+    assert h.take() == [] and state(h, "here") == JobState.SCHEDULED
+    old = h.engine.detach_shard(here)
+    if h.log_kind == "memory":  # the shard's log, reopened as a new owner would
+        h._stored[here] = old.log.keep()
+    else:
+        old.log.close()
+    shard, _ = h.engine.load_shard(here, h._open_log(here))
+    h.engine.attach_shard(shard, old.epoch + 1)
+    h.engine.tick()
+    assert h.take() == []  # attached, not firing yet
+    h.engine.start_firing(here)
+    assert h.engine.next_wakeup_us() <= h.clock.now
+    h.engine.tick()
+    assert [d.job.id for d in h.take()] == ["here"]
+    h.clock.advance(3.0)
+    h.engine.tick()
+    assert [d.job.id for d in h.take()] == ["elsewhere"]
+
+
 def test_a_shard_that_leaves_takes_its_ready_jobs_out_of_the_queues(h):
     """Ready-queue entries carry their shard and job records: a shard that
     is drained or detached must leave none behind (they would keep its

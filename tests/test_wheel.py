@@ -9,8 +9,11 @@ import time
 from array import array
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from impl_helpers import check_c_chosen
 
+from wheelsched import _wheel_py
 from wheelsched import wheel as wheel_mod
 from wheelsched.wheel import PyTimingWheel
 
@@ -48,7 +51,7 @@ def fired_with_deadlines(w, now: int, deadlines: dict[int, int]) -> list[tuple[i
 
 
 def test_c_extension_is_built():
-    check_c_chosen(wheel_mod, _wheel_c, "TimingWheel")
+    check_c_chosen(wheel_mod, _wheel_c, "TimingWheel", "earliest_expiry", "due_positions")
 
 
 def test_pure_python_env_forces_twin(monkeypatch):
@@ -362,3 +365,48 @@ def test_ten_million_timers_c():
 @pytest.mark.slow
 def test_one_million_timers_twin():
     _bulk(PyTimingWheel, 1_000_000)
+
+
+# -- across wheels: earliest_expiry and due_positions ---------------------------
+
+ACROSS = [
+    pytest.param(_wheel_py, id="py"),
+    pytest.param(_wheel_c, id="c",
+                 marks=pytest.mark.skipif(_wheel_c is None, reason="C extension not built")),
+]
+
+
+@pytest.mark.parametrize("mod", ACROSS)
+@settings(max_examples=200, deadline=None)
+@given(timers=st.lists(st.lists(st.integers(-(2**40), 2**40), max_size=4), max_size=20),
+       twins=st.lists(st.booleans(), min_size=20, max_size=20),
+       now=st.integers(-(2**40), 2**40))
+def test_across_wheels_agree_with_asking_each(mod, timers, twins, now):
+    """One call over a list of wheels (C wheels, twins, or both mixed) says
+    what asking each wheel's next_expiry() says."""
+    wheels = []
+    for k, deadlines in enumerate(timers):
+        cls = PyTimingWheel if twins[k] or CTimingWheel is None else CTimingWheel
+        w = cls(-(2**41))
+        for i, d in enumerate(deadlines):
+            w.insert(i, d)
+        wheels.append(w)
+    expiries = [w.next_expiry() for w in wheels]
+    pending = [t for t in expiries if t is not None]
+    assert mod.earliest_expiry(wheels) == (min(pending) if pending else None)
+    assert mod.due_positions(wheels, now) == [i for i, t in enumerate(expiries) if t is not None and t <= now]
+
+
+@pytest.mark.parametrize("mod", ACROSS)
+def test_across_wheels_refuse_what_is_not_a_list_of_wheels(mod):
+    w = PyTimingWheel(0)
+    w.insert(1, 5)
+    with pytest.raises(TypeError):
+        mod.earliest_expiry((w,))
+    with pytest.raises(TypeError):
+        mod.due_positions((w,), 10)
+    with pytest.raises(AttributeError):
+        mod.earliest_expiry([w, object()])
+    with pytest.raises((TypeError, OverflowError)):
+        mod.due_positions([w], 2**64)
+    assert mod.earliest_expiry([]) is None and mod.due_positions([], 0) == []

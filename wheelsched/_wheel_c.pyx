@@ -186,3 +186,46 @@ cdef class TimingWheel:
 
     def __repr__(self) -> str:
         return f"<TimingWheel (C) now={self.now} pending={len(self)}>"
+
+
+# -- across wheels: one call per engine tick, not one per shard ---------------
+#
+# A node keeps one wheel per shard (16 by default) and asks all of them on
+# every tick which are due, and after it when the next one is: two Python
+# loops of 16 method calls per tick, about a fifth of what a one-job tick
+# cost. These walk the list in C. A wheel that is not exactly this type (the
+# twin, a subclass) is asked through its next_expiry() method.
+
+cdef inline int _next_of(object obj, int64_t *tick) except -1:
+    """1 and *tick if ``obj`` has a timer pending, else 0."""
+    if type(obj) is TimingWheel:
+        return wheel_next_expiry((<TimingWheel>obj)._w, tick)
+    value = obj.next_expiry()
+    if value is None:
+        return 0
+    tick[0] = _i64(value)
+    return 1
+
+
+def earliest_expiry(list wheels):
+    """The smallest ``next_expiry()`` of ``wheels``; None if none has a timer."""
+    cdef int64_t tick = 0, best = 0
+    cdef bint found = False
+    for obj in wheels:
+        if _next_of(obj, &tick) and (not found or tick < best):
+            best = tick
+            found = True
+    return best if found else None
+
+
+def due_positions(list wheels, now_tick) -> list:
+    """Positions in ``wheels`` of those whose ``next_expiry()`` is at or
+    before ``now_tick`` (advance(now_tick) has work for them), in order."""
+    cdef int64_t now = _i64(now_tick), tick = 0
+    cdef Py_ssize_t i = 0
+    out = []
+    for obj in wheels:
+        if _next_of(obj, &tick) and tick <= now:
+            out.append(i)
+        i += 1
+    return out

@@ -257,3 +257,32 @@ class PyTimingWheel:
 
     def __repr__(self) -> str:
         return f"<PyTimingWheel now={self.now} pending={len(self)}>"
+
+
+# -- across wheels (the C module walks the list in C; see _wheel_c) ------------
+
+
+def earliest_expiry(wheels: list[Any]) -> int | None:
+    """The smallest ``next_expiry()`` of ``wheels``; None if none has a timer."""
+    if not isinstance(wheels, list):
+        raise TypeError(f"wheels must be a list, not {type(wheels).__name__}")
+    best = None
+    for wheel in wheels:
+        tick = wheel.next_expiry()
+        if tick is not None and (best is None or tick < best):
+            best = tick
+    return best
+
+
+def due_positions(wheels: list[Any], now_tick: int) -> list[int]:
+    """Positions in ``wheels`` of those whose ``next_expiry()`` is at or
+    before ``now_tick`` (advance(now_tick) has work for them), in order."""
+    if not isinstance(wheels, list):
+        raise TypeError(f"wheels must be a list, not {type(wheels).__name__}")
+    now = _tick(now_tick)
+    out = []
+    for i, wheel in enumerate(wheels):
+        tick = wheel.next_expiry()
+        if tick is not None and tick <= now:
+            out.append(i)
+    return out

@@ -4,14 +4,16 @@
 imports and ``WHEELSCHED_PURE_PYTHON`` is unset (or "" or "0"), otherwise the
 pure-Python ``PyTimingWheel``, which is always exported too (the way
 msgpack-python and yarl pick their implementations). ``IMPLEMENTATION`` says
-which one ``TimingWheel`` is: ``"c"`` or ``"python"``.
+which one ``TimingWheel`` is: ``"c"`` or ``"python"``. ``earliest_expiry``
+and ``due_positions`` (a list of wheels in one call) come from the same
+module; the C ones take twin wheels too.
 """
 
 from __future__ import annotations
 
 import os
 
-from wheelsched._wheel_py import PyTimingWheel
+from wheelsched._wheel_py import PyTimingWheel, due_positions, earliest_expiry
 
 IMPLEMENTATION: str
 if os.environ.get("WHEELSCHED_PURE_PYTHON", "") not in ("", "0"):
@@ -19,11 +21,11 @@ if os.environ.get("WHEELSCHED_PURE_PYTHON", "") not in ("", "0"):
     IMPLEMENTATION = "python"
 else:
     try:
-        from wheelsched._wheel_c import TimingWheel
+        from wheelsched._wheel_c import TimingWheel, due_positions, earliest_expiry  # type: ignore[assignment]
     except ImportError:  # extension not built: fall back to the twin
         TimingWheel = PyTimingWheel
         IMPLEMENTATION = "python"
     else:
         IMPLEMENTATION = "c"
 
-__all__ = ["IMPLEMENTATION", "PyTimingWheel", "TimingWheel"]
+__all__ = ["IMPLEMENTATION", "PyTimingWheel", "TimingWheel", "due_positions", "earliest_expiry"]

@@ -73,6 +73,7 @@ from wheelsched.errors import (
 from wheelsched.gcutil import untracked
 from wheelsched.sharding import shard_of
 from wheelsched.wal import SNAPSHOT
+from wheelsched.wheel import due_positions, earliest_expiry
 
 _SCHEDULED = int(JobState.SCHEDULED)
 _DISPATCHED = int(JobState.DISPATCHED)
@@ -243,6 +244,10 @@ class Engine:
                      _DEAD: config.dead_retention_us}
         self._retention_of = retention.__getitem__
         self.shards: list[Shard] = []  # the shards this node owns, by id
+        # The firing ones and their wheels (a shard's wheel never changes),
+        # for tick and next_wakeup_us: _refresh_firing after any change.
+        self._firing_shards: list[Shard] = []
+        self._firing_wheels: list[Any] = []
         self._by_id: list[Shard | None] = [None] * config.shard_count
         # Cluster mode passes the leadership check (True while this node can
         # prove its etcd lease alive) and who owns the shards it does not;
@@ -327,6 +332,7 @@ class Engine:
         for shard in shards:
             stats.released_leases += self._attach(shard, shard.epoch + 1, "lease lost: node restarted")
             shard.firing = True  # the node serves only once ``waits`` are durable
+        self._refresh_firing()
         self._recheck_dependencies()
         self._flush(waits)
         stats.seconds = (self.clock() - start) / US
@@ -397,6 +403,12 @@ class Engine:
         shard = self._by_id[shard_id]
         if shard is not None and not shard.draining:
             shard.firing = True
+            self._refresh_firing()
+
+    def _refresh_firing(self) -> None:
+        firing = [shard for shard in self.shards if shard.firing]
+        self._firing_shards = firing
+        self._firing_wheels = [shard.wheel for shard in firing]
 
     def drain_shard(self, shard_id: int) -> Shard | None:
         """Stop firing and dispatching a shard and refuse new writes to it;
@@ -406,6 +418,7 @@ class Engine:
         shard = self._by_id[shard_id]
         if shard is not None:
             shard.firing = False
+            self._refresh_firing()
             shard.draining = True
             shard.clear_ready()
             # Its ready-queue entries go now (they would be skipped, but
@@ -1021,13 +1034,7 @@ class Engine:
     def next_wakeup_us(self) -> int | None:
         """When ``tick`` next has work: the earliest wheel expiry of any shard
         (the ticker sleeps until then), or now if jobs wait for a worker."""
-        best = None
-        for shard in self.shards:
-            if not shard.firing:
-                continue
-            t = shard.wheel.next_expiry()
-            if t is not None and (best is None or t < best):
-                best = t
+        best = earliest_expiry(self._firing_wheels)
         return None if best is None else best * self.config.tick_us
 
     def tick(self) -> int:
@@ -1039,14 +1046,10 @@ class Engine:
         fired_total = 0
         ready, ready_seq, heappush = self._ready, self._ready_seq, heapq.heappush
         rows = self.queue_counters
-        for shard in self.shards:
-            if not shard.firing:
-                continue
-            wheel = shard.wheel
-            nxt = wheel.next_expiry()
-            if nxt is None or nxt > now_tick:
-                continue
-            fired = wheel.advance(now_tick)
+        shards, wheels = self._firing_shards, self._firing_wheels
+        for i in due_positions(wheels, now_tick):
+            shard = shards[i]
+            fired = wheels[i].advance(now_tick)
             if not len(fired):
                 continue
             jobs, by_num = shard.jobs, shard.by_num
