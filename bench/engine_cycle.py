@@ -11,11 +11,18 @@ Then what a status call's lag costs with 10 N jobs ready and no worker.
 With ``--instructions``, instead: instructions per job, counted by
 valgrind's callgrind (which counts, so the figure is the same on a busy
 machine as on a quiet one, for the same code and inputs; times here are not).
-Each log kind runs a steady flow (3 N jobs scheduled, then N of them fired,
-dispatched and acked 1,000 at a time over 16 shards) twice, at N and 3 N,
-in child processes, and the difference over 2 N is the cost per job without
-start-up and scheduling; heapq push+pop of N entries, counted the same way,
-is the baseline. Takes a few minutes.
+Each flow runs twice, at N and 3 N jobs, in child processes, and the
+difference over 2 N is the cost per job without start-up and set-up:
+
+* ``memory``, ``wal``: 3 N jobs scheduled, then N of them fired, dispatched
+  and acked 1,000 at a time over 16 shards, with each kind of log;
+* ``spaced``: the same with jobs due 100 µs apart, one tick per job and
+  acks in tens, as a node runs at 10,000 jobs/s (write-ahead log);
+* ``worker``: the client's side, ``Worker`` receiving the node's messages
+  of 10 dispatches, running a no-op handler and acking (no network);
+* ``heapq``: push+pop of N entries, the baseline.
+
+Takes about ten minutes.
 
     python -m bench.engine_cycle [--quick] [--json PATH] [--instructions]
 """
@@ -291,8 +298,8 @@ def main_instructions(args: argparse.Namespace) -> int:
     rows.append(["worker (client): receive, no-op handler, ack", counts["worker"],
                  f"{counts['worker'] / base:.0f}x"])
     rows.append(["heapq push+pop", base, "1x"])
-    print_table(f"Instructions per job (callgrind), fire + dispatch + ack, flow of {n:,} jobs "
-                f"in steps of 1,000 over 16 shards", ["case", "instructions", "vs heapq"], rows)
+    print_table(f"Instructions per job (callgrind), fire + dispatch + ack, N = {n:,} over 16 shards "
+                f"(1,000 jobs per tick unless said)", ["case", "instructions", "vs heapq"], rows)
     write_json(args.json, {"benchmark": "engine_cycle", "mode": "instructions", "n": n,
                            "instructions_per_job": counts})
     return 0
