@@ -268,7 +268,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             if req.extensions:
                 settle(*engine.extend(_extensions(req.extensions)), "extension_results")
 
-        async def read() -> None:
+        async def read(first) -> None:
             try:
                 handle(first)
                 async for req in request_iterator:
@@ -282,7 +282,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                     await asyncio.gather(*pending, return_exceptions=True)
                 put(None)
 
-        reader = asyncio.create_task(read())
+        reader = asyncio.create_task(read(first))  # passed: a task runs later than it is made
         get_nowait = out.get_nowait
         clock = asyncio.get_running_loop().time
         sleep = asyncio.sleep
