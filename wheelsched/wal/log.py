@@ -539,14 +539,16 @@ class WriteAheadLog:
             seq = self._last_seq
             frames = []
             add = frames.append
+            size = 0
             for data in datas:
                 seq += 1
                 body = tail(len(data), _OP_BITS | seq) + data
                 add(crcp(crc32c(body)) + body)
+                size += len(body)
             self._pending.extend(frames)
             self._last_seq = seq
             self._snap_records += len(datas)
-            self._snap_bytes += sum(map(len, frames))
+            self._snap_bytes += size + 4 * len(datas)  # each frame: its CRC, then the body
             if datas and not self._queued:
                 self._queued = True
                 self._committer.wake(self)  # type: ignore[union-attr]  # open: accepting
