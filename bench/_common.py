@@ -121,3 +121,62 @@ def progress(items: Iterable[T], label: str, total: int) -> Iterator[T]:
         yield item
         bar.update(n)
     bar.close()
+
+
+class StealSampler:
+    """CPU time the hypervisor took from this (virtual) machine, over time.
+
+    On a shared VM a vCPU can be descheduled by the host for tens of ms; a
+    process on it sees a stall no code of its own caused. Linux counts that
+    time as ``steal`` in ``/proc/stat`` (both vCPUs summed, in clock ticks).
+    A thread in the *parent* process samples it every ``interval_s`` while a
+    measured child runs (the child itself is left undisturbed), and
+    ``steal_ms(start, end)`` gives the steal within a wall-clock window, to
+    the sampling resolution. ``None`` where ``/proc/stat`` has no such column.
+    """
+
+    def __init__(self, interval_s: float = 0.01) -> None:
+        import threading
+
+        self._interval = interval_s
+        self._samples: list[tuple[int, int]] = []
+        self._tick_ms = 1000 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 10.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="steal-sampler", daemon=True)
+
+    @staticmethod
+    def read() -> int | None:
+        """Steal ticks so far, all CPUs (None: not available here)."""
+        try:
+            with open("/proc/stat", "rb") as f:
+                fields = f.readline().split()
+        except OSError:
+            return None
+        return int(fields[8]) if len(fields) > 8 and fields[0] == b"cpu" else None
+
+    def __enter__(self) -> StealSampler:
+        if self.read() is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            value = self.read()
+            if value is not None:
+                self._samples.append((time.time_ns(), value))
+            if self._stop.wait(self._interval):
+                return
+
+    def steal_ms(self, start_ns: int, end_ns: int) -> float | None:
+        """Steal between the last sample at or before ``start_ns`` and the
+        first at or after ``end_ns`` (None: the samples do not cover it)."""
+        before = [v for t, v in self._samples if t <= start_ns]
+        after = [v for t, v in self._samples if t >= end_ns]
+        if not before or not after:
+            return None
+        return (after[0] - before[-1]) * self._tick_ms

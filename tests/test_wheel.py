@@ -83,6 +83,28 @@ def test_basic(W):
     assert w.now == 1000 and len(w) == 0 and w.next_expiry() is None
 
 
+@pytest.mark.skipif(CTimingWheel is None, reason="C extension not built")
+def test_c_fired_batches_are_untracked_and_usable():
+    """The C wheel hands out its batches untracked (an engine keeps them a
+    while, and the collector must not walk them); they are ordinary arrays
+    otherwise, and freed by reference counting."""
+    import gc
+    import weakref
+
+    w = CTimingWheel(0)
+    w.insert_many(array("q", range(1000)), array("q", [5] * 1000))
+    out = w.advance(5)
+    assert not gc.is_tracked(out)
+    assert sorted(out) == list(range(1000))
+    out.append(7)
+    assert out[-1] == 7 and len(out) == 1001
+    empty = w.advance(6)
+    assert len(empty) == 0 and not gc.is_tracked(empty)
+    ref = weakref.ref(out)
+    del out
+    assert ref() is None
+
+
 def test_fires_exactly_at_tick(W):
     """Cascading keeps every timer exact: walking tick by tick, each timer
     fires at its own deadline, at every level."""

@@ -14,6 +14,10 @@ from cpython.long cimport PyLong_Check
 from cpython.number cimport PyNumber_Index
 from libc.stdint cimport int64_t
 
+
+cdef extern from "Python.h":
+    void PyObject_GC_UnTrack(void *op)
+
 import array as _array_mod
 
 cdef array _Q_TEMPLATE = _array_mod.array("q")
@@ -139,6 +143,13 @@ cdef class TimingWheel:
             wheel_unfire(self._w)  # keep them pending: they fire next time
             raise
         wheel_collect(self._w, <int64_t *>out.data.as_longlongs)
+        # An array holds no references, so it can never be part of a cycle;
+        # untracked, the collector never walks it. The engine keeps each
+        # tick's batch (``Shard.ready_batches``) for a while: tracked, a
+        # node at 20,000 jobs/s had ~7,000 of them in the young generations,
+        # and a generation-1 collection took 1-3 ms walking them (cold
+        # memory), a stall of every job due meanwhile.
+        PyObject_GC_UnTrack(<void *>out)
         return out
 
     def next_expiry(self):
