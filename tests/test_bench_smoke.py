@@ -55,11 +55,38 @@ def test_fire_latency_bench_smoke(tmp_path: Path) -> None:
         assert r["lost"] == 0, mode
         assert r["duplicates"] == 0, mode
         assert r["count"] == r["expected"], mode
+        # the measured window (wall clock), and the VM's steal over it where /proc/stat has it
+        start, end = r["window_wall_ns"]
+        assert 0 < start < end, mode
+        steal = r["steal_ms"]
+        assert steal is None or steal >= 0, mode
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         return
     assert plot.stat().st_size > 0
+
+
+def test_steal_sampler_windows() -> None:
+    """Steal within a window: from the last sample at or before its start to
+    the first at or after its end, in ms of clock ticks; None if uncovered."""
+    from bench._common import StealSampler
+
+    s = StealSampler()
+    tick_ms = s._tick_ms
+    s._samples = [(100, 5), (200, 7), (300, 7), (400, 12)]
+    assert s.steal_ms(100, 400) == 7 * tick_ms
+    assert s.steal_ms(150, 250) == 2 * tick_ms  # samples 100 .. 300
+    assert s.steal_ms(200, 300) == 0
+    assert s.steal_ms(50, 300) is None and s.steal_ms(100, 401) is None
+    with StealSampler(0.001) as live:  # a real run samples while the block runs
+        __import__("time").sleep(0.02)
+    if StealSampler.read() is None:
+        assert live._samples == []
+    else:
+        assert len(live._samples) >= 2
+        first, last = live._samples[0], live._samples[-1]
+        assert live.steal_ms(first[0], last[0]) >= 0
 
 
 def test_crash_replay_bench_smoke(tmp_path: Path) -> None:
