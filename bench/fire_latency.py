@@ -21,10 +21,10 @@ scheduler reports). Each mode runs in a fresh subprocess.
   as the node does after recovery, and ``os.sync()`` (their log on disk
   before the window, not written back in the middle of it). All N jobs are
   scheduled ahead of time (``engine.schedule``, batches of 10,000) before
-  the first is due. The
-  consumer is a subscription (max_in_flight 10,000) whose deliver callback
-  takes ``time.time_ns()`` once per delivered batch and queues an ack
-  (``engine.ack`` via ``loop.call_soon``), so the loop does a worker's acks too.
+  the first is due. The consumer is a subscription (max_in_flight 10,000)
+  whose deliver callback takes ``time.time_ns()`` once per delivered batch
+  and queues an ack (``engine.ack`` via ``loop.call_soon``), so the loop
+  does a worker's acks too.
 * ``grpc``: a real ``wheelsched serve`` subprocess (fsync ``always``) whose
   data dir was prepared with the P pending jobs (written through the
   engine on the node's own logs, then replayed by the node at start, as
@@ -182,11 +182,11 @@ def _engine_child(args: argparse.Namespace, rates: list[float], out_dir: Path) -
     gc.collect()
     gc.freeze()
     if args.engine_log == "wal":
-        # The P jobs' records (110 MB at P = 1M) are still dirty in the page cache; the
-        # kernel writes them back ~30 s after they were written, inside the
-        # measured window, and on this VM that write-back took both vCPUs
-        # away for 20-30 ms at a time (steal). A node that has been up a
-        # while has no such backlog: put it on disk first.
+        # The P jobs' records (110 MB at P = 1M) are still dirty in the page
+        # cache; the kernel writes them back ~30 s after they were written,
+        # inside the measured window, and on this VM that write-back took
+        # both vCPUs away for 20-30 ms at a time (steal). A node that has
+        # been up a while has no such backlog: put it on disk first.
         os.sync()
     results = []
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -80,7 +81,7 @@ def test_steal_sampler_windows() -> None:
     assert s.steal_ms(200, 300) == 0
     assert s.steal_ms(50, 300) is None and s.steal_ms(100, 401) is None
     with StealSampler(0.001) as live:  # a real run samples while the block runs
-        __import__("time").sleep(0.02)
+        time.sleep(0.02)
     if StealSampler.read() is None:
         assert live._samples == []
     else:

@@ -145,10 +145,10 @@ cdef class TimingWheel:
         wheel_collect(self._w, <int64_t *>out.data.as_longlongs)
         # An array holds no references, so it can never be part of a cycle;
         # untracked, the collector never walks it. The engine keeps each
-        # tick's batch (``Shard.ready_batches``) for a while: tracked, a
-        # node at 20,000 jobs/s had ~7,000 of them in the young generations,
-        # and a generation-1 collection took 1-3 ms walking them (cold
-        # memory), a stall of every job due meanwhile.
+        # tick's batch (``Shard.ready_batches``) for a while: tracked, the
+        # engine benchmark at 20,000 jobs/s had 3,000-7,000 of them in the
+        # young generations, and generation-1 collections took 1-7 ms
+        # walking them (cold memory), a stall of every job due meanwhile.
         PyObject_GC_UnTrack(<void *>out)
         return out
 
