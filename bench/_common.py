@@ -9,10 +9,12 @@ named figures and the table prints each figure next to its baseline.
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
 import platform
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -136,11 +138,9 @@ class StealSampler:
     """
 
     def __init__(self, interval_s: float = 0.01) -> None:
-        import threading
-
         self._interval = interval_s
-        self._samples: list[tuple[int, int]] = []
-        self._tick_ms = 1000 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 10.0
+        self._samples: list[tuple[int, int]] = []  # (time.time_ns(), steal ticks), in time order
+        self._tick_ms = 1000 / os.sysconf("SC_CLK_TCK")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="steal-sampler", daemon=True)
 
@@ -175,8 +175,9 @@ class StealSampler:
     def steal_ms(self, start_ns: int, end_ns: int) -> float | None:
         """Steal between the last sample at or before ``start_ns`` and the
         first at or after ``end_ns`` (None: the samples do not cover it)."""
-        before = [v for t, v in self._samples if t <= start_ns]
-        after = [v for t, v in self._samples if t >= end_ns]
-        if not before or not after:
+        samples = self._samples
+        i = bisect.bisect_right(samples, (start_ns, float("inf"))) - 1  # last at or before start
+        j = bisect.bisect_left(samples, (end_ns, -1))  # first at or after end
+        if i < 0 or j >= len(samples):
             return None
-        return (after[0] - before[-1]) * self._tick_ms
+        return (samples[j][1] - samples[i][1]) * self._tick_ms
