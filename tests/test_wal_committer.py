@@ -135,6 +135,24 @@ def test_interval_fsync_happens_without_further_appends(tmp_path: Path) -> None:
     committer.close(timeout=5)
 
 
+def test_interval_fsync_is_not_starved_by_a_busy_log(tmp_path: Path) -> None:
+    """An interval log's owed fsync happens on time while another log keeps
+    the thread busy with a round after round."""
+    committer = Committer()
+    quiet = opened(tmp_path / "quiet", committer, fsync="interval:50")
+    busy = opened(tmp_path / "busy", committer, fsync="never")
+    quiet.wait_durable_sync(quiet.append(["q"]), timeout=5)
+    assert quiet._synced_seq < quiet.last_seq
+    deadline = time.monotonic() + 5
+    while quiet._synced_seq < quiet.last_seq and time.monotonic() < deadline:
+        busy.append(["b"])  # each append queues the busy log again
+    assert quiet._synced_seq == quiet.last_seq
+    assert quiet.stats()["fsyncs"] >= 1
+    quiet.close()
+    busy.close()
+    committer.close(timeout=5)
+
+
 def test_close_in_any_order_and_attach_after_others_closed(tmp_path: Path) -> None:
     committer = Committer(name="wal-writer-order-test")
     first = opened(tmp_path / "1", committer, fsync="always")

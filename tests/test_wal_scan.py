@@ -59,6 +59,55 @@ def test_c_walk_is_built_and_chosen() -> None:
     assert implementation_in_fresh_process("1") == "python"
 
 
+# --------------------------------------------------------------------------- framing
+def frame_into_impls() -> list[Any]:
+    from wheelsched.wal import format as fmt
+
+    impls = [fmt._frame_into_py]
+    if not PURE:
+        from wheelsched.wal import _scan_c
+
+        assert fmt.FRAME_IMPLEMENTATION == "c" and fmt.frame_into is _scan_c.frame_into
+        impls.append(_scan_c.frame_into)
+    else:
+        assert fmt.FRAME_IMPLEMENTATION == "python"
+    return impls
+
+
+def test_frame_into_builds_the_frames_frame_builds() -> None:
+    """Both implementations of the writer's framing give, byte for byte,
+    the records ``frame`` gives (which the decoders read), and count their
+    bytes."""
+    rng = random.Random(7)
+    for _ in range(300):
+        payloads = [rng.randbytes(rng.choice((0, 1, 15, 16, 17, rng.randrange(2000))))
+                    for _ in range(rng.randrange(0, 8))]
+        last = rng.choice((0, 1, rng.randrange(1 << 40), (1 << 56) - 1 - len(payloads)))
+        rtype = rng.randrange(256)
+        want = [frame(rtype, last + 1 + i, p) for i, p in enumerate(payloads)]
+        for impl in frame_into_impls():
+            frames = [b"kept"]
+            assert impl(frames, payloads, last, rtype) == sum(map(len, want))
+            assert frames == [b"kept", *want]
+
+
+@pytest.mark.parametrize("payloads,last,rtype,error", [
+    ([b"ok", "text"], 0, T_OP, TypeError),
+    ([b"ok", 5], 0, T_OP, TypeError),
+    ([b"ok"], 0, 256, ValueError),
+    ([b"ok"], 0, -1, ValueError),
+    ([b"ok"], -1, T_OP, ValueError),
+    ([b"ok", b"ok"], (1 << 56) - 2, T_OP, ValueError),
+])
+def test_frame_into_refuses_bad_input_and_appends_nothing(
+        payloads: list[Any], last: int, rtype: int, error: type[Exception]) -> None:
+    for impl in frame_into_impls():
+        frames = [b"kept"]
+        with pytest.raises(error):
+            impl(frames, payloads, last, rtype)
+        assert frames == [b"kept"]
+
+
 # --------------------------------------------------------------------------- CRC32C
 @needs_c
 def test_crc32c_matches_the_crc32c_package() -> None:

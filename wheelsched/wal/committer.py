@@ -47,6 +47,7 @@ always did.
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -61,17 +62,20 @@ class Committer:
 
     def __init__(self, name: str = "wal-writer") -> None:
         self.name = name
-        self._cv = threading.Condition(threading.Lock())
-        self._ready: list[WriteAheadLog] = []  # logs with work; each at most once (its _queued flag)
+        # Logs with work, each at most once (its _queued flag); None nudges
+        # the thread to look at _stopping. A SimpleQueue because ``wake`` is
+        # on the path of every engine call: its put is one C call, where a
+        # Condition's notify runs ~20 lines of Python under a lock.
+        self._wakeups: queue.SimpleQueue[WriteAheadLog | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # guards the fields below
         self._timed: set[WriteAheadLog] = set()  # interval logs with written, unsynced data
         self._members = 0
-        self._idle = False
         self._stopping = False
         self._thread: threading.Thread | None = None
 
     def attach(self, wal: WriteAheadLog) -> None:
         """A log opened: start the thread with the first member."""
-        with self._cv:
+        with self._lock:
             if self._stopping:
                 raise RuntimeError(f"committer {self.name} is closed")
             self._members += 1
@@ -81,48 +85,56 @@ class Committer:
 
     def wake(self, wal: WriteAheadLog) -> None:
         """``wal`` has work (the caller set its ``_queued`` flag first, so a
-        log is on the ready list at most once)."""
-        with self._cv:
-            self._ready.append(wal)
-            if self._idle:
-                self._cv.notify()
+        log is queued at most once)."""
+        self._wakeups.put(wal)
 
     def close(self, timeout: float | None = None) -> None:
         """Stop the thread once every member has closed (idempotent)."""
-        with self._cv:
+        with self._lock:
             self._stopping = True
-            self._cv.notify()
             thread = self._thread
+        self._wakeups.put(None)
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
 
     # ------------------------------------------------------------------ thread
     def _next_batch(self) -> list[WriteAheadLog] | None:
-        """Wait for work; None when stopping with no member left."""
-        with self._cv:
-            while not self._ready:
-                if self._stopping and self._members <= 0:
+        """Wait for work; None when stopping with no member left. Interval
+        logs whose fsync is due join the batch even while other logs keep
+        the thread busy."""
+        wakeups = self._wakeups
+        while True:
+            timeout = None
+            due: list[WriteAheadLog] = []
+            with self._lock:
+                if self._stopping and self._members <= 0 and wakeups.empty():
                     return None
-                timeout = None
                 if self._timed:
                     now = time.monotonic()
                     due = [w for w in self._timed if w._next_fsync <= now]
-                    if due:
-                        return due
-                    timeout = min(w._next_fsync for w in self._timed) - now
-                self._idle = True
-                self._cv.wait(timeout)
-                self._idle = False
-            ready, self._ready = self._ready, []
-            return ready
+                    if not due:
+                        timeout = min(w._next_fsync for w in self._timed) - now
+            batch: list[WriteAheadLog] = []
+            try:
+                first = wakeups.get_nowait() if due else wakeups.get(timeout=timeout)
+                while True:
+                    if first is not None:
+                        batch.append(first)
+                    first = wakeups.get_nowait()
+            except queue.Empty:
+                pass
+            batch += [w for w in due if w not in batch]
+            if batch:
+                return batch
 
     def _detach(self, wal: WriteAheadLog) -> None:
         """``wal`` closed or failed: it leaves (called once per log, by the log)."""
-        with self._cv:
+        with self._lock:
             self._members -= 1
             self._timed.discard(wal)
-            if self._stopping and self._members <= 0:
-                self._cv.notify()
+            last = self._stopping and self._members <= 0
+        if last:
+            self._wakeups.put(None)
 
     def _main(self) -> None:
         while (wals := self._next_batch()) is not None:
@@ -132,7 +144,7 @@ class Committer:
             synced = [(w, s, t) for w, s in written if (t := w._commit_sync(s)) is not None]
             for wal, state, through in synced:
                 timed = wal._commit_publish(state, through)
-                with self._cv:
+                with self._lock:
                     if timed:
                         self._timed.add(wal)
                     else:

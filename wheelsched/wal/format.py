@@ -8,6 +8,7 @@ writer, snapshots, repair and the CLI share one definition.
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 import threading
@@ -144,6 +145,46 @@ def frame(rtype: int, seq: int, payload: bytes) -> bytes:
     """One framed record. ``payload`` is already msgpack-encoded."""
     body = TAIL_STRUCT.pack(len(payload), (rtype << SEQ_BITS) | seq) + payload
     return CRC_STRUCT.pack(crc32c(body)) + body
+
+
+def _frame_into_py(frames: list[bytes], payloads: list[bytes], last_seq: int, rtype: int) -> int:
+    """Frame each msgpack-encoded payload as the records ``last_seq + 1``,
+    ``last_seq + 2``, ... of type ``rtype`` and append them to ``frames``;
+    returns the bytes added. On an error nothing is appended."""
+    if not 0 <= rtype <= MAX_TYPE:
+        raise ValueError(f"record type {rtype} out of range")
+    if last_seq < 0 or last_seq + len(payloads) > SEQ_MASK:
+        raise ValueError(f"seq {last_seq + len(payloads)} out of range")
+    for data in payloads:
+        if not isinstance(data, bytes):
+            raise TypeError(f"expected bytes, got {type(data).__name__}")
+        if len(data) > MAX_RECORD:
+            raise ValueError(f"record of {len(data)} bytes (max {MAX_RECORD})")
+    tag = rtype << SEQ_BITS
+    tail, crcp = TAIL_STRUCT.pack, CRC_STRUCT.pack
+    out = []
+    total = 0
+    for seq, data in enumerate(payloads, last_seq + 1):
+        body = tail(len(data), tag | seq) + data
+        out.append(crcp(crc32c(body)) + body)
+        total += len(body) + 4
+    frames.extend(out)
+    return total
+
+
+# ``frame_into`` is on the path of every logged op: the C one (``_scan_c``,
+# one allocation per frame and no interpreter step per record) unless
+# ``WHEELSCHED_PURE_PYTHON`` is set or the extension is not built.
+frame_into = _frame_into_py
+FRAME_IMPLEMENTATION = "python"
+if os.environ.get("WHEELSCHED_PURE_PYTHON", "") in ("", "0"):
+    try:
+        from ._scan_c import frame_into as _frame_into_c
+    except ImportError:  # extension not built
+        pass
+    else:
+        frame_into = _frame_into_c
+        FRAME_IMPLEMENTATION = "c"
 
 
 def encode_file_header(magic: bytes, seq: int, meta: Any) -> bytes:

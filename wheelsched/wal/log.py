@@ -45,30 +45,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from crc32c import crc32c
-
 from . import repair
 from .committer import Committer
 from .decoder import Batch, ProgressFn, Record, Recovery, _make_record, segment_inodes
 from .format import (
-    CRC_STRUCT,
     FENCE_NAME,
     LOCK_NAME,
     SEGMENT_MAGIC,
-    SEQ_BITS,
     SNAPSHOT,
     SNAPSHOT_MAGIC,
     T_OP,
     T_SNAPSHOT_END,
     T_SNAPSHOT_ITEM,
     T_SNAPSHOT_MARKER,
-    TAIL_STRUCT,
     TMP_SUFFIX,
     FencedError,
     LogFailedError,
     WALError,
     encode_file_header,
     frame,
+    frame_into,
     pack,
     packer,
     segment_name,
@@ -77,7 +73,6 @@ from .format import (
 
 log = logging.getLogger("wheelsched.wal")
 
-_OP_BITS = T_OP << SEQ_BITS
 _SNAPSHOT_CHUNK = 1 << 20  # bytes of framed snapshot records per write()
 
 # Statistics buckets (upper bounds): fsync latency in seconds, group-commit
@@ -513,55 +508,38 @@ class WriteAheadLog:
 
     # ------------------------------------------------------------------ appending
     def append(self, payload: Any) -> int:
-        data = pack(payload)
-        n = len(data)
-        with self._qlock:
-            if not self._accepting:
-                raise self._refusal()
-            seq = self._last_seq + 1
-            self._last_seq = seq
-            body = TAIL_STRUCT.pack(n, _OP_BITS | seq) + data
-            self._pending.append(CRC_STRUCT.pack(crc32c(body)) + body)
-            self._snap_records += 1
-            self._snap_bytes += n + 16
-            if not self._queued:
-                self._queued = True
-                self._committer.wake(self)  # type: ignore[union-attr]  # open: accepting
-        return seq
+        return self._append_internal(T_OP, payload)
 
     def append_many(self, payloads: Iterable[Any]) -> int:
+        # Encode before taking the lock (an unencodable payload changes
+        # nothing); frame under it, where the seqs are handed out.
         datas = list(map(packer(), payloads))
-        tail = TAIL_STRUCT.pack
-        crcp = CRC_STRUCT.pack
         with self._qlock:
             if not self._accepting:
                 raise self._refusal()
             seq = self._last_seq
-            frames = []
-            add = frames.append
-            size = 0
-            for data in datas:
-                seq += 1
-                body = tail(len(data), _OP_BITS | seq) + data
-                add(crcp(crc32c(body)) + body)
-                size += len(body)
-            self._pending.extend(frames)
+            size = frame_into(self._pending, datas, seq, T_OP)
+            seq += len(datas)
             self._last_seq = seq
             self._snap_records += len(datas)
-            self._snap_bytes += size + 4 * len(datas)  # each frame: its CRC, then the body
+            self._snap_bytes += size
             if datas and not self._queued:
                 self._queued = True
                 self._committer.wake(self)  # type: ignore[union-attr]  # open: accepting
         return seq
 
     def _append_internal(self, rtype: int, payload: Any) -> int:
-        data = pack(payload)
+        datas = [pack(payload)]
         with self._qlock:
             if not self._accepting:
                 raise self._refusal()
-            seq = self._last_seq + 1
+            seq = self._last_seq
+            size = frame_into(self._pending, datas, seq, rtype)
+            seq += 1
             self._last_seq = seq
-            self._pending.append(frame(rtype, seq, data))
+            if rtype == T_OP:
+                self._snap_records += 1
+                self._snap_bytes += size
             if not self._queued:
                 self._queued = True
                 self._committer.wake(self)  # type: ignore[union-attr]  # open: accepting
