@@ -18,7 +18,9 @@ One round
 The thread sleeps until a log queues records (``WriteAheadLog.append`` wakes
 it when the log's queue goes from empty to non-empty, so a burst of appends
 costs one wake-up), a log asks for a sync, closes, or an ``interval`` fsync
-falls due. Then, for every log with work, in three passes:
+falls due. The wake-up is a ``queue.SimpleQueue`` put, done in C: with a
+``threading.Condition`` it was ~20 lines of Python on the event loop per
+engine call. Then, for every log with work, in three passes:
 
 1. take its queue and write it with one ``write`` (the log's own code:
    segment rolls, the fence check before writing);

@@ -2,9 +2,10 @@
 
 Threads:
 
-* callers (any thread or asyncio task) encode and frame their record in
-  ``append`` and put it on a queue under a short lock that also assigns the
-  sequence number, so queue order == seq order;
+* callers (any thread or asyncio task) encode their records in ``append``
+  and frame them (``format.frame_into``: in C, one allocation per record)
+  onto a queue under a short lock that also assigns the sequence numbers,
+  so queue order == seq order;
 * ONE writer thread (a ``Committer``, committer.py; shared by all of a
   node's logs, or private to this log) takes everything queued, writes it
   with one ``write`` (splitting only at a segment roll), fsyncs once per the
