@@ -94,6 +94,8 @@ def test_frame_into_builds_the_frames_frame_builds() -> None:
 @pytest.mark.parametrize("payloads,last,rtype,error", [
     ([b"ok", "text"], 0, T_OP, TypeError),
     ([b"ok", 5], 0, T_OP, TypeError),
+    ([b"ok", None], 0, T_OP, TypeError),
+    ([b"ok", bytearray(b"ok")], 0, T_OP, TypeError),
     ([b"ok"], 0, 256, ValueError),
     ([b"ok"], 0, -1, ValueError),
     ([b"ok"], -1, T_OP, ValueError),

@@ -243,13 +243,17 @@ def frame_into(list frames, list payloads, int64_t last_seq, int rtype):
     cdef Py_ssize_t i, n = PyList_GET_SIZE(payloads), start = PyList_GET_SIZE(frames)
     cdef Py_ssize_t size, total = 0
     cdef bytes data, out
+    cdef object item
     cdef uint8_t *p
     if rtype < 0 or rtype > 255:
         raise ValueError(f"record type {rtype} out of range")
     if last_seq < 0 or <uint64_t>last_seq + <uint64_t>n > SEQ_MASK:
         raise ValueError(f"seq {last_seq + n} out of range")
     for i in range(n):
-        data = payloads[i]
+        item = payloads[i]
+        if type(item) is not bytes:  # a typed bytes variable would let None through
+            raise TypeError(f"expected bytes, got {type(item).__name__}")
+        data = item
         if PyBytes_GET_SIZE(data) > MAX_RECORD:
             raise ValueError(f"record of {PyBytes_GET_SIZE(data)} bytes (max {MAX_RECORD})")
     cdef uint64_t tag = (<uint64_t>rtype) << 56

@@ -65,9 +65,7 @@ class Committer:
     def __init__(self, name: str = "wal-writer") -> None:
         self.name = name
         # Logs with work, each at most once (its _queued flag); None nudges
-        # the thread to look at _stopping. A SimpleQueue because ``wake`` is
-        # on the path of every engine call: its put is one C call, where a
-        # Condition's notify runs ~20 lines of Python under a lock.
+        # the thread to look at _stopping (see "One round" on why a queue).
         self._wakeups: queue.SimpleQueue[WriteAheadLog | None] = queue.SimpleQueue()
         self._lock = threading.Lock()  # guards the fields below
         self._timed: set[WriteAheadLog] = set()  # interval logs with written, unsynced data

@@ -156,20 +156,13 @@ def _frame_into_py(frames: list[bytes], payloads: list[bytes], last_seq: int, rt
     if last_seq < 0 or last_seq + len(payloads) > SEQ_MASK:
         raise ValueError(f"seq {last_seq + len(payloads)} out of range")
     for data in payloads:
-        if not isinstance(data, bytes):
+        if type(data) is not bytes:
             raise TypeError(f"expected bytes, got {type(data).__name__}")
         if len(data) > MAX_RECORD:
             raise ValueError(f"record of {len(data)} bytes (max {MAX_RECORD})")
-    tag = rtype << SEQ_BITS
-    tail, crcp = TAIL_STRUCT.pack, CRC_STRUCT.pack
-    out = []
-    total = 0
-    for seq, data in enumerate(payloads, last_seq + 1):
-        body = tail(len(data), tag | seq) + data
-        out.append(crcp(crc32c(body)) + body)
-        total += len(body) + 4
+    out = [frame(rtype, seq, data) for seq, data in enumerate(payloads, last_seq + 1)]
     frames.extend(out)
-    return total
+    return sum(map(len, out))
 
 
 # ``frame_into`` is on the path of every logged op: the C one (``_scan_c``,
