@@ -19,8 +19,8 @@ The thread sleeps until a log queues records (``WriteAheadLog.append`` wakes
 it when the log's queue goes from empty to non-empty, so a burst of appends
 costs one wake-up), a log asks for a sync, closes, or an ``interval`` fsync
 falls due. The wake-up is a ``queue.SimpleQueue`` put, done in C: with a
-``threading.Condition`` it was ~20 lines of Python on the event loop per
-engine call. Then, for every log with work, in three passes:
+``threading.Condition`` it was ~20 lines of Python on the event loop for
+each log an engine call appended to. Then, for every log with work, in three passes:
 
 1. take its queue and write it with one ``write`` (the log's own code:
    segment rolls, the fence check before writing);
@@ -114,15 +114,13 @@ class Committer:
                     due = [w for w in self._timed if w._next_fsync <= now]
                     if not due:
                         timeout = min(w._next_fsync for w in self._timed) - now
-            batch: list[WriteAheadLog] = []
             try:
-                first = wakeups.get_nowait() if due else wakeups.get(timeout=timeout)
-                while True:
-                    if first is not None:
-                        batch.append(first)
-                    first = wakeups.get_nowait()
+                woken = [wakeups.get_nowait() if due else wakeups.get(timeout=timeout)]
             except queue.Empty:
-                pass
+                woken = []
+            while not wakeups.empty():  # this thread is the only consumer
+                woken.append(wakeups.get_nowait())
+            batch = [w for w in woken if w is not None]
             batch += [w for w in due if w not in batch]
             if batch:
                 return batch

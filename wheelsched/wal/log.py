@@ -509,39 +509,29 @@ class WriteAheadLog:
 
     # ------------------------------------------------------------------ appending
     def append(self, payload: Any) -> int:
-        return self._append_internal(T_OP, payload)
+        return self._append(T_OP, [pack(payload)])
 
     def append_many(self, payloads: Iterable[Any]) -> int:
-        # Encode before taking the lock (an unencodable payload changes
-        # nothing); frame under it, where the seqs are handed out.
-        datas = list(map(packer(), payloads))
-        with self._qlock:
-            if not self._accepting:
-                raise self._refusal()
-            seq = self._last_seq
-            size = frame_into(self._pending, datas, seq, T_OP)
-            seq += len(datas)
-            self._last_seq = seq
-            self._snap_records += len(datas)
-            self._snap_bytes += size
-            if datas and not self._queued:
-                self._queued = True
-                self._committer.wake(self)  # type: ignore[union-attr]  # open: accepting
-        return seq
+        return self._append(T_OP, list(map(packer(), payloads)))
 
     def _append_internal(self, rtype: int, payload: Any) -> int:
-        datas = [pack(payload)]
+        return self._append(rtype, [pack(payload)])
+
+    def _append(self, rtype: int, datas: list[bytes]) -> int:
+        """Queue encoded records; returns the last one's seq. The callers
+        encode before the lock (an unencodable payload changes nothing); the
+        frames are built under it, where the seqs are handed out."""
         with self._qlock:
             if not self._accepting:
                 raise self._refusal()
             seq = self._last_seq
             size = frame_into(self._pending, datas, seq, rtype)
-            seq += 1
+            seq += len(datas)
             self._last_seq = seq
-            if rtype == T_OP:
-                self._snap_records += 1
+            if rtype == T_OP:  # what a snapshot would replace (not its markers)
+                self._snap_records += len(datas)
                 self._snap_bytes += size
-            if not self._queued:
+            if datas and not self._queued:
                 self._queued = True
                 self._committer.wake(self)  # type: ignore[union-attr]  # open: accepting
         return seq
