@@ -14,6 +14,7 @@ from engine_harness import T0, Harness
 
 from wheelsched.engine import US, AckItem, EngineConfig, Extension, JobRequest, JobState, Limits, Misfire
 from wheelsched.engine.model import Defaults, backoff_us, build_job
+from wheelsched.engine.shard import SUCCEED, UPDATE
 from wheelsched.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -468,6 +469,43 @@ def test_restart_keeps_everything_and_releases_leases(h):
     ack(h, d)
     h.run(101)
     assert [x.job.id for x in h.take()] == ["later"]
+
+
+def test_successes_of_one_call_are_one_succeed_op_in_order(wheel_cls, tmp_path):
+    """A call's successes on one shard are logged as one SUCCEED op per run
+    (a failure between them is its own UPDATE, in the order applied), a
+    repeated ack of an ended lease fails, and replay rebuilds the same jobs."""
+    for kind in ("memory", "wal"):
+        h = Harness(wheel_cls, kind, tmp_path / kind, config=EngineConfig(shard_count=1))
+        h.engine.schedule([req(f"j{i}", at=0.0) for i in range(5)])
+        h.subscribe()
+        h.engine.tick()
+        ds = {d.job.id: d for d in h.take()}
+        h.clock.advance(1.0)
+        before_seq = h.engine.shards[0].log.last_seq
+        items = [AckItem(ds[j].job.id, ds[j].job.attempt, ds[j].epoch, j != "j2", "boom", False)
+                 for j in ("j0", "j1", "j2", "j3", "j0")]
+        results, _ = h.engine.ack(items)
+        assert [r.error is None for r in results] == [True, True, True, True, False]
+        assert isinstance(results[4].error, FailedPrecondition)
+        if kind == "memory":  # the engine writes the same ops to either log
+            ops = [r.payload for r in h.engine.shards[0].log.replay() if r.seq > before_seq]
+            assert [op[0] for op in ops] == [SUCCEED, UPDATE, SUCCEED]
+            assert ops[0] == [SUCCEED, h.clock.now, ["j0", "j1"]]
+            assert ops[1][1] == "j2"
+            assert ops[2] == [SUCCEED, h.clock.now, ["j3"]]
+        shard = h.engine.shards[0]
+        assert (shard.active, shard.in_flight) == (1, 1)  # j4 is still leased
+        for j in ("j0", "j1", "j3"):
+            job = h.engine.get(j)[0]
+            assert (job.state, job.next_us, job.finished_us, job.last_error) == (
+                JobState.SUCCEEDED, 0, h.clock.now, "")
+            assert job.num in shard.wheel  # its retention timer
+        before = {j.id: j for j in shard.jobs.values() if j.id != "j4"}
+        h.restart()
+        after = {j.id: j for s in h.engine.shards for j in s.jobs.values() if j.id != "j4"}
+        assert after == before
+        h.close()
 
 
 def test_snapshots_bound_replay(wheel_cls, tmp_path):

@@ -91,6 +91,24 @@ class ReplayMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: self.leases)
     @rule(data=st.data())
+    def ack_many(self, data):
+        """Several acks in one call (successes of one shard share one SUCCEED
+        op), failures between them, and items repeated: a lease ends once."""
+        picks = data.draw(st.lists(st.tuples(st.integers(0, len(self.leases) - 1), st.booleans()),
+                                   min_size=2, max_size=8))
+        items = [AckItem(self.leases[i].job.id, self.leases[i].job.attempt, self.leases[i].epoch,
+                         success, "err", True) for i, success in picks]
+        results, _ = self.h.engine.ack(items)
+        ended = set()
+        for (i, _), result in zip(picks, results, strict=True):
+            if i in ended:
+                assert result.error is not None
+            elif result.error is None:
+                ended.add(i)
+        self.leases = [d for i, d in enumerate(self.leases) if i not in {i for i, _ in picks}]
+
+    @precondition(lambda self: self.leases)
+    @rule(data=st.data())
     def extend(self, data):
         d = data.draw(st.sampled_from(self.leases))
         self.h.engine.extend([Extension(d.job.id, d.job.attempt, d.epoch, 4 * US)])

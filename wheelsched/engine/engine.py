@@ -60,7 +60,16 @@ from wheelsched.engine.model import (
     replace,
     spec_of,
 )
-from wheelsched.engine.shard import DISPATCH, EPOCH, REOPEN, RESOLVE, SCHEDULE, UPDATE, Shard
+from wheelsched.engine.shard import (
+    DISPATCH,
+    EPOCH,
+    REOPEN,
+    RESOLVE,
+    SCHEDULE,
+    SUCCEED,
+    UPDATE,
+    Shard,
+)
 from wheelsched.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -85,8 +94,6 @@ _FINAL = frozenset(int(s) for s in FINAL_STATES)
 _CRON = int(ScheduleKind.CRON)
 # Where each status field sits in an UPDATE op ([UPDATE, job_id, *status]).
 _OP_INDEX = {name: 2 + i for i, name in enumerate(Job._fields[STATUS_START:])}
-_OP_STATE, _OP_NEXT_US, _OP_FINISHED_US, _OP_LAST_ERROR = (
-    _OP_INDEX[f] for f in ("state", "next_us", "finished_us", "last_error"))
 
 Waits = dict  # log -> highest seq the caller must see durable before replying
 
@@ -782,11 +789,6 @@ class Engine:
         op = [UPDATE, job.id, *job[STATUS_START:]]
         for name, value in status.items():
             op[_OP_INDEX[name]] = value
-        self._log_update(shard, job, op)
-
-    def _log_update(self, shard: Shard, job: Job, op: list) -> None:
-        """Log and apply ``op``, an UPDATE of ``job`` (``_update`` builds it;
-        the ack path builds its own, without the keyword arguments)."""
         if job.state == _DISPATCHED:
             self._end_lease(job.id)
         self._write(shard, op)
@@ -958,12 +960,25 @@ class Engine:
             self._next_execution(shard, job, now, executions=job.executions + 1,
                                  last_error="")
         else:
-            op = [UPDATE, job.id, *job[STATUS_START:]]
-            op[_OP_STATE] = _SUCCEEDED
-            op[_OP_NEXT_US] = 0
-            op[_OP_FINISHED_US] = now
-            op[_OP_LAST_ERROR] = ""
-            self._log_update(shard, job, op)
+            # A SUCCEED op, applied now (a second ack of this lease in the
+            # same call must find it ended), and logged as one op per run of
+            # successes: the call's last op of this shard, if that is a
+            # SUCCEED, takes the job too, so the log keeps the order in
+            # which the ops were applied.
+            job_id = job.id
+            self._end_lease(job_id)
+            shard.succeed(job, now)
+            ops = self._unlogged.get(shard)
+            if ops is None:
+                self._unlogged[shard] = [[SUCCEED, now, [job_id]]]
+            else:
+                last = ops[-1]
+                if last[0] == SUCCEED and last[1] == now:
+                    last[2].append(job_id)
+                else:
+                    ops.append([SUCCEED, now, [job_id]])
+            if self._linked and self._waited_for(job_id):
+                self._changed.append(job_id)
 
     def _fail(self, shard: Shard, job: Job, now: int, error: str, retryable: bool) -> None:
         self.counters["failed"] += 1

@@ -15,8 +15,16 @@ Ops (first element is the code):
   [SCHEDULE, job, [policy, after, open, seen]]   a new job with dependencies
   [RESOLVE, dependent, dependency, outcome, count]   one dependency resolved
   [REOPEN, job_id, *status]                a recurring dependent waits again
+  [SUCCEED, finished_us, [job_id, ...]]    leases that ended in success, in a batch
 
-(the last three: see wheelsched.engine.deps)
+(RESOLVE, REOPEN and SCHEDULE with dependencies: see wheelsched.engine.deps)
+
+SUCCEED is the ack of a one-shot job that succeeded, the op a node writes
+most after DISPATCH: an UPDATE would carry all eleven status fields for a
+change of four that the op implies (state SUCCEEDED, no timer, finished at
+``finished_us``, no error), and one op lists every such job of an engine
+call. It was added after UPDATE; a log that has one cannot be read by a
+build from before it.
 
 Snapshot records: first a header map {"shard", "epoch", "next_num"}, then one
 Job tuple per job, then one map per job with dependencies
@@ -40,7 +48,7 @@ from wheelsched.engine.deps import Dependencies
 from wheelsched.engine.model import STATUS_START, Job, JobState, make_job
 from wheelsched.gcutil import with_fields
 
-SCHEDULE, UPDATE, DISPATCH, EPOCH, RESOLVE, REOPEN = 1, 2, 3, 4, 5, 6
+SCHEDULE, UPDATE, DISPATCH, EPOCH, RESOLVE, REOPEN, SUCCEED = 1, 2, 3, 4, 5, 6, 7
 
 _SCHEDULED = int(JobState.SCHEDULED)
 _DISPATCHED = int(JobState.DISPATCHED)
@@ -48,9 +56,12 @@ _SUCCEEDED = int(JobState.SUCCEEDED)
 _DEAD = int(JobState.DEAD)
 _CANCELLED = int(JobState.CANCELLED)
 _WAITING = int(JobState.WAITING)
-_STATE, _ATTEMPT, _NEXT_US = (Job._fields.index(f) for f in ("state", "attempt", "next_us"))
-if (_ATTEMPT, _NEXT_US) != (_STATE + 1, _STATE + 2):  # DISPATCH writes the three as one run
-    raise ImportError("Job fields state, attempt and next_us must be adjacent")
+_STATE = Job._fields.index("state")
+# DISPATCH writes state, attempt and next_us as one run, SUCCEED those and
+# fire_us, last_error and finished_us.
+if Job._fields[_STATE:_STATE + 6] != ("state", "attempt", "next_us", "fire_us", "last_error",
+                                      "finished_us"):
+    raise ImportError("Job fields state .. finished_us must be adjacent, in that order")
 
 
 class Shard:
@@ -135,6 +146,10 @@ class Shard:
         elif code == UPDATE:
             old = jobs[op[1]]
             self._store(old, with_fields(old, STATUS_START, op, 2))
+        elif code == SUCCEED:
+            finished_us, succeed = op[1], self.succeed
+            for job_id in op[2]:
+                succeed(jobs[job_id], finished_us)
         elif code == SCHEDULE:
             job = op[1]
             if type(job) is not Job:  # read back from the log: a list
@@ -160,6 +175,26 @@ class Shard:
             self.epoch = op[1]
         else:
             raise ValueError(f"shard {self.id}: unknown op code {code!r}")
+
+    def succeed(self, old: Job, finished_us: int) -> None:
+        """``old`` (a one-shot job) succeeded at ``finished_us``: the change
+        one entry of a SUCCEED op makes. ``_store``, inlined for the one
+        transition a successful ack makes (DISPATCHED -> SUCCEEDED): the
+        job is not ready, stops being active and in flight, and its timer
+        moves from the lease deadline to the end of its retention."""
+        # state .. finished_us, in that order
+        new = with_fields(old, _STATE, (_SUCCEEDED, old.attempt, 0, old.fire_us, "", finished_us))
+        if old.state != _DISPATCHED:
+            self._store(old, new)
+            return
+        self.jobs[old.id] = new
+        self.active -= 1
+        self.in_flight -= 1
+        if not self.replaying:
+            num = old.num
+            wheel = self.wheel
+            wheel.cancel(num)
+            wheel.insert(num, -(-(finished_us + self._retention_us(_SUCCEEDED)) // self.tick_us))
 
     def restore(self, record: Any) -> None:
         """Apply one snapshot record (see the module docstring)."""
