@@ -508,6 +508,25 @@ def test_successes_of_one_call_are_one_succeed_op_in_order(wheel_cls, tmp_path):
         h.close()
 
 
+def test_succeed_op_on_a_job_that_is_not_leased_takes_the_general_way(wheel_cls):
+    """A SUCCEED op for a job that is not DISPATCHED (not one the engine
+    writes) still leaves the shard consistent: counts and timers as for
+    any state change."""
+    h = Harness(wheel_cls, config=EngineConfig(shard_count=1))
+    h.engine.schedule([req("s", at=5.0)])
+    shard = h.engine.shards[0]
+    num = h.engine.get("s")[0].num
+    shard.apply([SUCCEED, h.clock.now, ["s"]])
+    job = h.engine.get("s")[0]
+    assert (job.state, job.next_us, job.finished_us) == (JobState.SUCCEEDED, 0, h.clock.now)
+    assert (shard.active, shard.in_flight) == (0, 0)
+    assert num in shard.wheel
+    h.subscribe()
+    h.run(6.0, step=1.0)
+    assert h.take() == [] and h.engine.counters["fired"] == 0  # its fire timer was cancelled
+    h.close()
+
+
 def test_snapshots_bound_replay(wheel_cls, tmp_path):
     for kind in ("memory", "wal"):
         h = Harness(wheel_cls, kind, tmp_path / kind, config=EngineConfig(shard_count=2), snapshot_every=50)
