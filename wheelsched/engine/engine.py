@@ -487,10 +487,13 @@ class Engine:
         durable, so this is still write-ahead at the granularity of a call.
         """
         shard.apply(op)
-        unlogged = self._unlogged
-        ops = unlogged.get(shard)
+        self._log_later(shard, op)
+
+    def _log_later(self, shard: Shard, op: list) -> None:
+        """Queue ``op``, applied already, for the shard's log (see ``_write``)."""
+        ops = self._unlogged.get(shard)
         if ops is None:
-            unlogged[shard] = [op]
+            self._unlogged[shard] = [op]
         else:
             ops.append(op)
 
@@ -969,14 +972,11 @@ class Engine:
             self._end_lease(job_id)
             shard.succeed(job, now)
             ops = self._unlogged.get(shard)
-            if ops is None:
-                self._unlogged[shard] = [[SUCCEED, now, [job_id]]]
+            last = ops[-1] if ops else None
+            if last is not None and last[0] == SUCCEED and last[1] == now:
+                last[2].append(job_id)
             else:
-                last = ops[-1]
-                if last[0] == SUCCEED and last[1] == now:
-                    last[2].append(job_id)
-                else:
-                    ops.append([SUCCEED, now, [job_id]])
+                self._log_later(shard, [SUCCEED, now, [job_id]])
             if self._linked and self._waited_for(job_id):
                 self._changed.append(job_id)
 
@@ -1221,14 +1221,17 @@ class Engine:
                 if sub.in_flight >= sub.max_in_flight:
                     subs.pop(turn)
                 owner[job_id] = (sub, shard)
+                # Applied now, logged below as one DISPATCH op per shard.
+                attempt, deadline = job.attempt + 1, now + job.lease_us
+                leased = shard.lease(job, attempt, deadline)
                 items = per_shard.get(shard)
                 if items is None:
                     items = per_shard[shard] = []
-                items.append((job_id, job.attempt + 1, now + job.lease_us))
+                items.append((job_id, attempt, deadline))
                 lst = per_sub.get(sub)
                 if lst is None:
                     lst = per_sub[sub] = []
-                lst.append((shard, job_id, due))
+                lst.append(untracked(Delivery, (leased, shard.id, shard.epoch, due)))
                 sent += 1
             if sent:
                 self._qrow(queue)[_Q_DISPATCHED] += sent
@@ -1238,11 +1241,10 @@ class Engine:
         if not per_shard:
             return
         for shard, items in per_shard.items():
-            self._write(shard, [DISPATCH, items])
+            self._log_later(shard, [DISPATCH, items])
             self.counters["dispatched"] += len(items)
         for sub, lst in per_sub.items():
-            sub.deliver([untracked(Delivery, (shard.jobs[job_id], shard.id, shard.epoch, due))
-                         for shard, job_id, due in lst])
+            sub.deliver(lst)
 
     # ------------------------------------------------------------------ status
 

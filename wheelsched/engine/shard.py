@@ -124,25 +124,9 @@ class Shard:
         code = op[0]
         jobs = self.jobs
         if code == DISPATCH:
-            # _store, inlined for the one transition a dispatch makes
-            # (SCHEDULED -> DISPATCHED): the job fired, so it has no timer
-            # and is out of ``ready`` (the dispatch took it out); it stays
-            # active, is in flight now, and its lease deadline is its timer.
-            insert = None if self.replaying else self.wheel.insert
-            tick_us = self.tick_us
-            leased = 0
+            lease = self.lease
             for job_id, attempt, deadline in op[1]:
-                old = jobs[job_id]
-                # state, attempt and next_us (the lease deadline), in that order
-                new = with_fields(old, _STATE, (_DISPATCHED, attempt, deadline))
-                if old.state != _SCHEDULED:  # not from the engine's dispatch: the general way
-                    self._store(old, new)
-                    continue
-                jobs[job_id] = new
-                leased += 1
-                if insert is not None:
-                    insert(new.num, -(-deadline // tick_us))
-            self.in_flight += leased
+                lease(jobs[job_id], attempt, deadline)
         elif code == UPDATE:
             old = jobs[op[1]]
             self._store(old, with_fields(old, STATUS_START, op, 2))
@@ -175,6 +159,24 @@ class Shard:
             self.epoch = op[1]
         else:
             raise ValueError(f"shard {self.id}: unknown op code {code!r}")
+
+    def lease(self, old: Job, attempt: int, deadline_us: int) -> Job:
+        """``old`` is leased as ``attempt`` until ``deadline_us``: the change
+        one entry of a DISPATCH op makes; returns the new record. ``_store``,
+        inlined for the one transition a dispatch makes (SCHEDULED ->
+        DISPATCHED): the job fired, so it has no timer and is out of
+        ``ready`` (the dispatch took it out); it stays active, is in flight
+        now, and its lease deadline is its timer."""
+        # state, attempt and next_us (the lease deadline), in that order
+        new = with_fields(old, _STATE, (_DISPATCHED, attempt, deadline_us))
+        if old.state != _SCHEDULED:  # not from the engine's dispatch: the general way
+            self._store(old, new)
+            return new
+        self.jobs[old.id] = new
+        self.in_flight += 1
+        if not self.replaying:
+            self.wheel.insert(old.num, -(-deadline_us // self.tick_us))
+        return new
 
     def succeed(self, old: Job, finished_us: int) -> None:
         """``old`` (a one-shot job) succeeded at ``finished_us``: the change
