@@ -105,7 +105,8 @@ class ReplayMachine(RuleBasedStateMachine):
                 assert result.error is not None
             elif result.error is None:
                 ended.add(i)
-        self.leases = [d for i, d in enumerate(self.leases) if i not in {i for i, _ in picks}]
+        picked = {i for i, _ in picks}
+        self.leases = [d for i, d in enumerate(self.leases) if i not in picked]
 
     @precondition(lambda self: self.leases)
     @rule(data=st.data())
