@@ -9,9 +9,10 @@ build keeps working, only with more garbage-collector work).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any, TypeVar
+
+from wheelsched import native
 
 T = TypeVar("T", bound=tuple)
 _new_tuple = tuple.__new__
@@ -39,12 +40,9 @@ def _with_fields_py(old: T, start: int, values: Sequence[Any], offset: int = 0) 
 
 untrack, untracked, with_fields = _untrack_py, _untracked_py, _with_fields_py
 IMPLEMENTATION = "python"
-if os.environ.get("WHEELSCHED_PURE_PYTHON", "") in ("", "0"):
-    try:
-        from wheelsched._gc_c import untrack, untracked, with_fields  # type: ignore[no-redef]
-    except ImportError:
-        pass
-    else:
-        IMPLEMENTATION = "c"
+_c = native.extension("wheelsched._gc_c")
+if _c is not None:
+    untrack, untracked, with_fields = _c.untrack, _c.untracked, _c.with_fields
+    IMPLEMENTATION = "c"
 
 __all__ = ["IMPLEMENTATION", "untrack", "untracked", "with_fields"]

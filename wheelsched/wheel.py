@@ -11,21 +11,14 @@ module; the C ones take twin wheels too.
 
 from __future__ import annotations
 
-import os
-
+from wheelsched import native
 from wheelsched._wheel_py import PyTimingWheel, due_positions, earliest_expiry
 
-IMPLEMENTATION: str
-if os.environ.get("WHEELSCHED_PURE_PYTHON", "") not in ("", "0"):
-    TimingWheel: type = PyTimingWheel
-    IMPLEMENTATION = "python"
-else:
-    try:
-        from wheelsched._wheel_c import TimingWheel, due_positions, earliest_expiry  # type: ignore[assignment]
-    except ImportError:  # extension not built: fall back to the twin
-        TimingWheel = PyTimingWheel
-        IMPLEMENTATION = "python"
-    else:
-        IMPLEMENTATION = "c"
+TimingWheel: type = PyTimingWheel
+IMPLEMENTATION = "python"
+_c = native.extension("wheelsched._wheel_c")
+if _c is not None:
+    TimingWheel, due_positions, earliest_expiry = _c.TimingWheel, _c.due_positions, _c.earliest_expiry
+    IMPLEMENTATION = "c"
 
 __all__ = ["IMPLEMENTATION", "PyTimingWheel", "TimingWheel", "due_positions", "earliest_expiry"]

@@ -36,11 +36,12 @@ in the past fires at once; setting an earlier target wakes earlier.
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+from wheelsched import native
 
 
 def wall_us() -> int:
@@ -49,13 +50,10 @@ def wall_us() -> int:
 
 WakeTimer: Any = None  # wheelsched._ticker_c.WakeTimer when it is used
 IMPLEMENTATION: str = "python"
-if os.environ.get("WHEELSCHED_PURE_PYTHON", "") in ("", "0"):
-    try:
-        from wheelsched._ticker_c import WakeTimer
-    except ImportError:  # extension not built: the Python ticker only
-        pass
-    else:
-        IMPLEMENTATION = "c"
+_c = native.extension("wheelsched._ticker_c")
+if _c is not None:
+    WakeTimer = _c.WakeTimer
+    IMPLEMENTATION = "c"
 
 
 class Ticker:

@@ -42,6 +42,8 @@ from typing import Any, NamedTuple
 import msgpack
 from crc32c import crc32c
 
+from wheelsched import native
+
 from .format import (
     OP,
     REC_HEADER,
@@ -64,13 +66,9 @@ from .format import (
 
 _C: Any = None  # the C scanner module when it is used, else None
 IMPLEMENTATION = "python"
-if os.environ.get("WHEELSCHED_PURE_PYTHON", "") in ("", "0"):
-    try:
-        from . import _scan_c as _C
-    except ImportError:  # extension not built: the pure-Python walk
-        _C = None
-    else:
-        IMPLEMENTATION = "c"
+_C = native.extension("wheelsched.wal._scan_c")
+if _C is not None:
+    IMPLEMENTATION = "c"
 
 
 def use_implementation(name: str) -> str:

@@ -8,7 +8,6 @@ writer, snapshots, repair and the CLI share one definition.
 
 from __future__ import annotations
 
-import os
 import re
 import struct
 import threading
@@ -18,6 +17,7 @@ from typing import Any, NamedTuple
 import msgpack
 from crc32c import crc32c
 
+from wheelsched import native
 from wheelsched.errors import Unavailable, WheelschedError
 
 # --------------------------------------------------------------------------- errors
@@ -170,14 +170,10 @@ def _frame_into_py(frames: list[bytes], payloads: list[bytes], last_seq: int, rt
 # ``WHEELSCHED_PURE_PYTHON`` is set or the extension is not built.
 frame_into = _frame_into_py
 FRAME_IMPLEMENTATION = "python"
-if os.environ.get("WHEELSCHED_PURE_PYTHON", "") in ("", "0"):
-    try:
-        from ._scan_c import frame_into as _frame_into_c
-    except ImportError:  # extension not built
-        pass
-    else:
-        frame_into = _frame_into_c
-        FRAME_IMPLEMENTATION = "c"
+_c = native.extension("wheelsched.wal._scan_c")
+if _c is not None:
+    frame_into = _c.frame_into
+    FRAME_IMPLEMENTATION = "c"
 
 
 def encode_file_header(magic: bytes, seq: int, meta: Any) -> bytes:
