@@ -64,11 +64,8 @@ from .format import (
     decode_file_header,
 )
 
-_C: Any = None  # the C scanner module when it is used, else None
-IMPLEMENTATION = "python"
-_C = native.extension("wheelsched.wal._scan_c")
-if _C is not None:
-    IMPLEMENTATION = "c"
+_C: Any = native.extension("wheelsched.wal._scan_c")  # the C scanner module when it is used, else None
+IMPLEMENTATION = "python" if _C is None else "c"
 
 
 def use_implementation(name: str) -> str:
