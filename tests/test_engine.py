@@ -172,6 +172,39 @@ def test_priority_among_jobs_due_together(h):
     assert order == [9, 5, 1, 0, -3]
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_dispatch_order_is_priority_then_due_then_first_come(h, seed):
+    """Whatever the credit (all of the ready jobs, or a few of them), each
+    dispatch hands out the best ready jobs in order: higher priority, then
+    earlier due time. Batches of fired jobs land in empty and non-empty
+    ready queues alike."""
+    rng = random.Random(seed)
+    ids = [f"j{i}" for i in range(300)]
+    h.engine.schedule([req(job_id, at=rng.choice((0.5, 0.5001, 0.6, 0.7)), priority=rng.randint(-2, 2))
+                       for job_id in ids])
+    sub = h.subscribe(max_in_flight=40)
+    held: list = []
+    for now in (0.5, 0.5001, 0.55, 0.6, 0.65, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3):
+        h.clock.now = due(now)
+        h.engine.tick()
+        got = h.take()
+        keys = [(-d.job.priority, d.due_us) for d in got]
+        assert keys == sorted(keys)
+        left = [(-job.priority, job.next_us) for job in (h.engine.get(i)[0] for i in ids)
+                if job.state == JobState.SCHEDULED and job.next_us <= h.clock.now]
+        assert not keys or not left or min(left) >= keys[-1]  # nothing better was left behind
+        held += got
+        rng.shuffle(held)
+        k = rng.randint(0, len(held))  # some credit comes back: more go out in those acks
+        h.engine.ack([AckItem(d.job.id, d.job.attempt, d.epoch, True) for d in held[:k]])
+        held = held[k:] + h.take()
+    while held:
+        h.engine.ack([AckItem(d.job.id, d.job.attempt, d.epoch, True) for d in held])
+        held = h.take()
+    assert sub.in_flight == 0
+    assert {state(h, i) for i in ids} == {JobState.SUCCEEDED}
+
+
 def test_in_flight_limit_and_round_robin(h):
     h.engine.schedule([req(f"j{i}", at=0.0) for i in range(10)])
     got_a, got_b = [], []
