@@ -917,17 +917,53 @@ class Engine:
         return results
 
     def ack(self, items: Sequence[AckItem]) -> tuple[list[ItemResult], Waits]:
-        """Apply acks; each item succeeds or fails on its own (no change on failure)."""
+        """Apply acks; each item succeeds or fails on its own (no change on failure).
+
+        The loop is ``_each_lease`` with the success of a one-shot job (the
+        ack a node takes most) written out in it, not behind three calls
+        per item (an action, a success handler, the end of the lease), and
+        the node-wide counter is added once per call."""
         now = self.clock()
-
-        def settle(shard: Shard, job: Job, item: AckItem) -> int:
-            if item.success:
-                self._succeed(shard, job, now)
-            else:
-                self._fail(shard, job, now, (item.error or "failed")[:1024], item.retryable)
-            return 0
-
-        results = self._each_lease(items, settle)
+        results: list[ItemResult] = []
+        add = results.append
+        leased, owner, unlogged = self._leased, self._lease_owner, self._unlogged
+        rows = self.queue_counters
+        succeeded = 0
+        for item in items:
+            job_id, attempt = item[0], item[1]
+            try:
+                shard, job = leased(job_id, attempt, item[2])
+                if not item.success:
+                    self._fail(shard, job, now, (item.error or "failed")[:1024], item.retryable)
+                elif job.kind == _CRON:
+                    succeeded += 1
+                    self._qrow(job.queue)[_Q_SUCCEEDED] += 1
+                    self._next_execution(shard, job, now, executions=job.executions + 1, last_error="")
+                else:
+                    succeeded += 1
+                    (rows.get(job.queue) or self._qrow(job.queue))[_Q_SUCCEEDED] += 1
+                    # A SUCCEED op, applied now (a second ack of this lease in
+                    # the same call must find it ended), and logged as one op
+                    # per run of successes: the call's last op of this shard,
+                    # if that is a SUCCEED, takes the job too, so the log
+                    # keeps the order in which the ops were applied.
+                    lease = owner.pop(job_id, None)
+                    if lease is not None:
+                        lease[0].in_flight -= 1
+                    shard.succeed(job, now)
+                    ops = unlogged.get(shard)
+                    last = ops[-1] if ops else None
+                    if last is not None and last[0] == SUCCEED and last[1] == now:
+                        last[2].append(job_id)
+                    else:
+                        self._log_later(shard, [SUCCEED, now, [job_id]])
+                    if self._linked and self._waited_for(job_id):
+                        self._changed.append(job_id)
+            except WheelschedError as exc:
+                add(ItemResult(job_id, attempt, exc))
+                continue
+            add(untracked(ItemResult, (job_id, attempt, None, 0)))
+        self.counters["succeeded"] += succeeded
         if self._changed:  # dependents this made due are dispatched in this call
             self._settle(now, fire=True)
         self._dispatch()
@@ -955,30 +991,6 @@ class Engine:
         return results, waits
 
     # -- outcomes of an attempt ---------------------------------------------------
-
-    def _succeed(self, shard: Shard, job: Job, now: int) -> None:
-        self.counters["succeeded"] += 1
-        (self.queue_counters.get(job.queue) or self._qrow(job.queue))[_Q_SUCCEEDED] += 1
-        if job.kind == _CRON:
-            self._next_execution(shard, job, now, executions=job.executions + 1,
-                                 last_error="")
-        else:
-            # A SUCCEED op, applied now (a second ack of this lease in the
-            # same call must find it ended), and logged as one op per run of
-            # successes: the call's last op of this shard, if that is a
-            # SUCCEED, takes the job too, so the log keeps the order in
-            # which the ops were applied.
-            job_id = job.id
-            self._end_lease(job_id)
-            shard.succeed(job, now)
-            ops = self._unlogged.get(shard)
-            last = ops[-1] if ops else None
-            if last is not None and last[0] == SUCCEED and last[1] == now:
-                last[2].append(job_id)
-            else:
-                self._log_later(shard, [SUCCEED, now, [job_id]])
-            if self._linked and self._waited_for(job_id):
-                self._changed.append(job_id)
 
     def _fail(self, shard: Shard, job: Job, now: int, error: str, retryable: bool) -> None:
         self.counters["failed"] += 1
