@@ -158,6 +158,7 @@ def passes(res: dict[str, Any]) -> bool:
 def _engine_child(args: argparse.Namespace, rates: list[float], out_dir: Path) -> list[dict[str, Any]]:
     from wheelsched.engine import AckItem, Engine, EngineConfig, JobRequest
     from wheelsched.engine.memlog import MemoryLog
+    from wheelsched.gcutil import untracked
     from wheelsched.server.ticker import Ticker, wall_us
     from wheelsched.wal import Committer, WALOptions, WriteAheadLog
     from wheelsched.wheel import TimingWheel
@@ -222,7 +223,8 @@ def _engine_child(args: argparse.Namespace, rates: list[float], out_dir: Path) -
                 lat.append(t - due[i])
                 fresh += 1 - seen[i]
                 seen[i] = 1
-                items.append(AckItem(job.id, job.attempt, d.epoch, True))
+                # untracked: built in one C call (0.11 µs here, the NamedTuple's own 0.31)
+                items.append(untracked(AckItem, (job.id, job.attempt, d.epoch, True, "", True)))
             state["unique"] += fresh
             state["last"] = t
             loop.call_soon(ack, items)
