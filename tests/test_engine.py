@@ -173,7 +173,7 @@ def test_priority_among_jobs_due_together(h):
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_dispatch_order_is_priority_then_due_then_first_come(h, seed):
+def test_dispatch_order_is_priority_then_due_under_any_credit(h, seed):
     """Whatever the credit (all of the ready jobs, or a few of them), each
     dispatch hands out the best ready jobs in order: higher priority, then
     earlier due time. Batches of fired jobs land in empty and non-empty
