@@ -108,7 +108,7 @@ def test_engine_cycle_bench_smoke(tmp_path: Path) -> None:
         assert r["fire_dispatch_us"] > 0 and r["ack_us"] > 0 and r["sustainable_per_s"] > 0
 
 
-@pytest.mark.parametrize("what", ["memory", "wal", "spaced", "worker", "heapq"])
+@pytest.mark.parametrize("what", ["memory", "wal", "spaced", "tens", "worker", "heapq"])
 def test_engine_cycle_counted_flows_run(what: str) -> None:
     """The flows ``--instructions`` runs under callgrind, run plainly: each
     step of the engine's flow fires, dispatches and acks its 1,000 jobs, and the
