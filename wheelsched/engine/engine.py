@@ -935,30 +935,32 @@ class Engine:
                 shard, job = leased(job_id, attempt, item[2])
                 if not item.success:
                     self._fail(shard, job, now, (item.error or "failed")[:1024], item.retryable)
-                elif job.kind == _CRON:
-                    succeeded += 1
-                    self._qrow(job.queue)[_Q_SUCCEEDED] += 1
-                    self._next_execution(shard, job, now, executions=job.executions + 1, last_error="")
                 else:
                     succeeded += 1
                     (rows.get(job.queue) or self._qrow(job.queue))[_Q_SUCCEEDED] += 1
-                    # A SUCCEED op, applied now (a second ack of this lease in
-                    # the same call must find it ended), and logged as one op
-                    # per run of successes: the call's last op of this shard,
-                    # if that is a SUCCEED, takes the job too, so the log
-                    # keeps the order in which the ops were applied.
-                    lease = owner.pop(job_id, None)
-                    if lease is not None:
-                        lease[0].in_flight -= 1
-                    shard.succeed(job, now)
-                    ops = unlogged.get(shard)
-                    last = ops[-1] if ops else None
-                    if last is not None and last[0] == SUCCEED and last[1] == now:
-                        last[2].append(job_id)
+                    if job.kind == _CRON:
+                        self._next_execution(shard, job, now, executions=job.executions + 1,
+                                             last_error="")
                     else:
-                        self._log_later(shard, [SUCCEED, now, [job_id]])
-                    if self._linked and self._waited_for(job_id):
-                        self._changed.append(job_id)
+                        # A SUCCEED op, applied now (a second ack of this
+                        # lease in the same call must find it ended), and
+                        # logged as one op per run of successes: the call's
+                        # last op of this shard, if that is a SUCCEED, takes
+                        # the job too, so the log keeps the order in which
+                        # the ops were applied. The lease ends as in
+                        # _end_lease, written out.
+                        lease = owner.pop(job_id, None)
+                        if lease is not None:
+                            lease[0].in_flight -= 1
+                        shard.succeed(job, now)
+                        ops = unlogged.get(shard)
+                        last = ops[-1] if ops else None
+                        if last is not None and last[0] == SUCCEED and last[1] == now:
+                            last[2].append(job_id)
+                        else:
+                            self._log_later(shard, [SUCCEED, now, [job_id]])
+                        if self._linked and self._waited_for(job_id):
+                            self._changed.append(job_id)
             except WheelschedError as exc:
                 add(ItemResult(job_id, attempt, exc))
                 continue
