@@ -195,3 +195,97 @@ def test_fenced_log_on_a_shared_committer(tmp_path: Path) -> None:
     committer.close(timeout=5)
     assert ops(tmp_path / "s") == [["before"], ["new"]]
 
+
+
+def _wait_written(log: WriteAheadLog, seq: int) -> None:
+    deadline = time.monotonic() + 10
+    while log._written_seq < seq and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert log._written_seq >= seq
+
+
+def test_always_syncs_for_a_waiter_that_comes_after_the_write(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``always`` fsyncs a round's records only when someone waits for them
+    (or the unawaited bound is up; here an hour). A waiter that arrives after
+    the round that wrote its record starts a round of its own, threads and
+    asyncio alike; nothing is acknowledged before its fsync."""
+    monkeypatch.setattr("wheelsched.wal.log.UNAWAITED_SYNC_SECONDS", 3600.0)
+    committer = Committer()
+    log = opened(tmp_path / "a", committer, fsync="always")
+    seq = log.append(["unawaited"])
+    _wait_written(log, seq)
+    time.sleep(0.05)  # the round is over: written, not synced, not durable
+    assert log.durable_seq < seq and log.stats()["fsyncs"] == 0
+    assert log.wait_durable_sync(seq, timeout=10)
+    assert log.stats()["fsyncs"] == 1 and log._synced_seq >= seq
+
+    async def main() -> None:
+        seq = log.append(["awaited later"])
+        await asyncio.sleep(0.05)
+        await asyncio.wait_for(log.wait_durable(seq), 10)
+        assert log._synced_seq >= seq
+
+    asyncio.run(main())
+    assert log.stats()["fsyncs"] == 2
+    log.close()
+    committer.close(timeout=5)
+    assert ops(tmp_path / "a") == [["unawaited"], ["awaited later"]]
+
+
+def test_always_syncs_unawaited_records_within_the_bound(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rounds nobody waits for share one fsync when the bound is up, and
+    then the records are durable with no waiter at all; a round with a
+    waiter is synced at once and covers the unawaited records before it."""
+    monkeypatch.setattr("wheelsched.wal.log.UNAWAITED_SYNC_SECONDS", 0.3)
+    committer = Committer()
+    log = opened(tmp_path / "a", committer, fsync="always")
+    started = time.monotonic()
+    last = 0
+    for i in range(20):  # 20 rounds, each written before the next append
+        last = log.append([i])
+        _wait_written(log, last)
+    if time.monotonic() - started < 0.25:  # the whole burst fit in the bound
+        assert log.stats()["fsyncs"] == 0 and log.durable_seq < last
+    deadline = time.monotonic() + 10
+    while log.durable_seq < last and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert log.durable_seq == last and log._synced_seq == last
+    assert 1 <= log.stats()["fsyncs"] <= (time.monotonic() - started) / 0.3 + 1
+    fsyncs = log.stats()["fsyncs"]
+    log.append(["unawaited"])
+    seq = log.append(["awaited"])
+    assert log.wait_durable_sync(seq, timeout=10)
+    assert log._synced_seq == seq and log.stats()["fsyncs"] == fsyncs + 1
+    log.close()
+    committer.close(timeout=5)
+    assert ops(tmp_path / "a") == [[i] for i in range(20)] + [["unawaited"], ["awaited"]]
+
+
+def test_always_never_strands_a_waiter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Waiters racing the writer, with the unawaited bound out of reach:
+    each must be woken by the fsync its own wait asked for."""
+    monkeypatch.setattr("wheelsched.wal.log.UNAWAITED_SYNC_SECONDS", 3600.0)
+    committer = Committer()
+    logs = [opened(tmp_path / f"{i}", committer, fsync="always") for i in range(3)]
+    stranded: list[int] = []
+
+    def run(k: int) -> None:
+        for i in range(300):
+            log = logs[(k + i) % 3]
+            seq = log.append([k, i])
+            if i % 3 == 0:
+                time.sleep(0.0005)  # sometimes after the round that wrote it
+            if not log.wait_durable_sync(seq, timeout=10):
+                stranded.append(seq)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not stranded
+    for log in logs:
+        log.close()
+    committer.close(timeout=5)

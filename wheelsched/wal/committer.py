@@ -68,7 +68,7 @@ class Committer:
         # the thread to look at _stopping (see "One round" on why a queue).
         self._wakeups: queue.SimpleQueue[WriteAheadLog | None] = queue.SimpleQueue()
         self._lock = threading.Lock()  # guards the fields below
-        self._timed: set[WriteAheadLog] = set()  # interval logs with written, unsynced data
+        self._timed: set[WriteAheadLog] = set()  # logs with written data owed a timed fsync
         self._members = 0
         self._stopping = False
         self._thread: threading.Thread | None = None
