@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from wal_helpers import Faults, fail_fsync, replay_all
 
-from wheelsched.wal import OP, Committer, FencedError, LogFailedError, WALOptions, WriteAheadLog
+from wheelsched.wal import OP, Committer, FencedError, LogFailedError, WALError, WALOptions, WriteAheadLog
 
 
 def opened(d: Path, committer: Committer, faults: Faults | None = None, **kw: Any) -> WriteAheadLog:
@@ -288,4 +288,56 @@ def test_always_never_strands_a_waiter(tmp_path: Path, monkeypatch: pytest.Monke
     assert not stranded
     for log in logs:
         log.close()
+    committer.close(timeout=5)
+
+
+@pytest.mark.parametrize("fsync", ["always", "never"])
+def test_wait_all_resolves_when_every_log_is_durable(tmp_path: Path, fsync: str) -> None:
+    """``Committer.wait_all`` (one future for a batch of logs) returns only
+    when each log is durable through its seq, under many concurrent batches
+    racing the writer; it raises for a seq never appended."""
+    committer = Committer()
+    logs = [opened(tmp_path / f"{i}", committer, fsync=fsync) for i in range(6)]
+
+    async def main() -> None:
+        async def batch(k: int) -> None:
+            waits = {}
+            for j, log in enumerate(logs):
+                if (k + j) % 3:
+                    waits[log] = log.append_many([[k, j, x] for x in range(k % 4 + 1)])
+            if k % 5 == 0:
+                await asyncio.sleep(0.001)  # sometimes after the round that wrote them
+            await asyncio.wait_for(committer.wait_all(waits), 10)
+            for log, seq in waits.items():
+                assert log.durable_seq >= seq
+                if fsync == "always":
+                    assert log._synced_seq >= seq
+
+        await asyncio.gather(*(batch(k) for k in range(400)))
+        await committer.wait_all({log: log.durable_seq for log in logs})  # already durable
+        with pytest.raises(WALError, match="never appended"):
+            await committer.wait_all({logs[0]: logs[0].last_seq + 1})
+
+    asyncio.run(main())
+    for log in logs:
+        log.close()
+    committer.close(timeout=5)
+
+
+def test_wait_all_raises_the_failed_logs_error(tmp_path: Path) -> None:
+    committer = Committer()
+    bad = opened(tmp_path / "bad", committer, Faults({"fsync": fail_fsync()}), fsync="always")
+    good = opened(tmp_path / "good", committer, fsync="always")
+
+    async def main() -> None:
+        waits = {good: good.append(["ok"]), bad: bad.append(["doomed"])}
+        with pytest.raises(LogFailedError, match="Input/output error"):
+            await asyncio.wait_for(committer.wait_all(waits), 10)
+        assert good.durable_seq >= waits[good] or good.wait_durable_sync(waits[good], timeout=10)
+        with pytest.raises(LogFailedError):  # and later batches that include it
+            await committer.wait_all({good: good.append(["ok"]), bad: 1})
+
+    asyncio.run(main())
+    bad.close()
+    good.close()
     committer.close(timeout=5)

@@ -220,8 +220,8 @@ class Node:
             if len(waits) == 1:
                 (wal, seq), = waits.items()
                 await wal.wait_durable(seq)
-            elif waits:
-                await asyncio.gather(*(wal.wait_durable(seq) for wal, seq in waits.items()))
+            elif waits:  # every log is the committer's: one future for them all
+                await self._committer.wait_all(waits)
         except Exception as exc:
             if isinstance(exc, Unavailable):
                 raise

@@ -41,6 +41,17 @@ p99 3.9 to 9.3 ms; splitting a round over two threads gained nothing
 Records appended meanwhile wait for the next round and are committed together
 (group commit across shards as well as within one).
 
+Waiting on many logs at once
+----------------------------
+A node's call that touched many shards (a worker's batch of acks, a batch
+of schedules) must wait until each of those logs is durable through its
+seq. One future per log, gathered, cost the event loop a future, a heap
+entry, a wake-up callback and a gather callback per log, for a batch whose
+logs are all published by the same round anyway. ``wait_all`` registers
+the batch once: after each round this thread checks the batches still
+waiting and resolves those now covered with one ``call_soon_threadsafe``
+per event loop.
+
 A failure of one log (an I/O error, being fenced) fails that log only; the
 thread carries on with the others. A log opened without a committer gets
 a private one, which ends when the log closes: a single log behaves as it
@@ -49,13 +60,38 @@ always did.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import queue
 import threading
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .log import WriteAheadLog
+
+# A batch of (log, seq) waiting in ``wait_all``: its loop and its future.
+_Barrier = tuple[list[tuple["WriteAheadLog", int]], asyncio.AbstractEventLoop, "asyncio.Future[None]"]
+
+
+def _barrier_state(pending: list[tuple[WriteAheadLog, int]]) -> BaseException | bool:
+    """True: every log is durable through its seq; an exception: one failed
+    first; False: still waiting."""
+    for wal, seq in pending:
+        if seq > wal._durable_seq:
+            return wal._failure() if wal._failed is not None else False
+    return True
+
+
+def _resolve(items: list[tuple[asyncio.Future[None], BaseException | bool]]) -> None:
+    # runs in the futures' loop
+    for fut, state in items:
+        if not fut.done():
+            if state is True:
+                fut.set_result(None)
+            else:
+                fut.set_exception(state)  # type: ignore[arg-type]  # not False: released
 
 
 
@@ -70,6 +106,7 @@ class Committer:
         self._lock = threading.Lock()  # guards the fields below
         self._timed: set[WriteAheadLog] = set()  # logs with written data owed a timed fsync
         self._members = 0
+        self._barriers: list[_Barrier] = []  # wait_all batches not yet durable
         self._stopping = False
         self._thread: threading.Thread | None = None
 
@@ -96,6 +133,47 @@ class Committer:
         self._wakeups.put(None)
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
+
+    async def wait_all(self, waits: Mapping[WriteAheadLog, int]) -> None:
+        """Until every log in ``waits`` (this committer's) is durable through
+        its seq, with one future for them all; raises the first failed log's
+        error, as ``WriteAheadLog.wait_durable`` would."""
+        pending = [(wal, seq) for wal, seq in waits.items() if seq > wal._durable_seq]
+        if not pending:
+            return
+        for wal, seq in pending:
+            wal._check_waitable(seq)
+            wal._want_sync(seq)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        # Checked again under the lock: a round that published meanwhile
+        # checks its barriers under it too, so one of the two sees both.
+        with self._lock:
+            state = _barrier_state(pending)
+            if state is False:
+                self._barriers.append((pending, loop, fut))
+        if state is not False:
+            _resolve([(fut, state)])
+        await fut
+
+    def _release_barriers(self) -> None:
+        """Resolve the ``wait_all`` batches now durable (or failed); called
+        after each round's publish and by a log that failed."""
+        ready: dict[asyncio.AbstractEventLoop, list] = {}
+        with self._lock:
+            if not self._barriers:
+                return
+            waiting = []
+            for barrier in self._barriers:
+                state = _barrier_state(barrier[0])
+                if state is False:
+                    waiting.append(barrier)
+                else:
+                    ready.setdefault(barrier[1], []).append((barrier[2], state))
+            self._barriers = waiting
+        for loop, items in ready.items():
+            with contextlib.suppress(RuntimeError):  # loop closed: its waiters are gone with it
+                loop.call_soon_threadsafe(_resolve, items)
 
     # ------------------------------------------------------------------ thread
     def _next_batch(self) -> list[WriteAheadLog] | None:
@@ -147,3 +225,5 @@ class Committer:
                         self._timed.add(wal)
                     else:
                         self._timed.discard(wal)
+            if self._barriers:
+                self._release_barriers()

@@ -556,6 +556,14 @@ class WriteAheadLog:
         err.__cause__ = self._failed.__cause__
         return err
 
+    def _check_waitable(self, seq: int) -> None:
+        """Raise if waiting for ``seq`` could never end: the log failed, or
+        ``seq`` was never appended."""
+        if self._failed is not None:
+            raise self._failure()
+        if seq > self._last_seq:
+            raise WALError(f"seq {seq} was never appended (last is {self._last_seq})")
+
     async def wait_durable(self, seq: int) -> None:
         if seq <= self._durable_seq:
             return
@@ -564,30 +572,22 @@ class WriteAheadLog:
         with self._dlock:
             if seq <= self._durable_seq:
                 return
-            if self._failed is not None:
-                raise self._failure()
-            if seq > self._last_seq:
-                raise WALError(f"seq {seq} was never appended (last is {self._last_seq})")
+            self._check_waitable(seq)
             heap = self._loops.get(loop)
             if heap is None:
                 heap = self._loops[loop] = []
             heapq.heappush(heap, (seq, next(self._tiebreak), fut))
-        if self._mode == "always":
-            self._want_sync(seq)
+        self._want_sync(seq)
         await fut
 
     def wait_durable_sync(self, seq: int, timeout: float | None = None) -> bool:
         if seq <= self._durable_seq:
             return True
         deadline = None if timeout is None else time.monotonic() + timeout
-        if self._mode == "always":
-            self._want_sync(seq)
+        self._want_sync(seq)
         with self._dcv:
             while seq > self._durable_seq:
-                if self._failed is not None:
-                    raise self._failure()
-                if seq > self._last_seq:
-                    raise WALError(f"seq {seq} was never appended (last is {self._last_seq})")
+                self._check_waitable(seq)
                 if deadline is None:
                     self._dcv.wait()
                 else:
@@ -602,6 +602,8 @@ class WriteAheadLog:
         ``UNAWAITED_SYNC_SECONDS``). The round that takes the queue reads
         ``_sync_wanted`` after it wrote; a waiter that comes after that
         round took the queue starts another round here."""
+        if self._mode != "always":
+            return
         with self._qlock:
             if seq > self._sync_wanted:
                 self._sync_wanted = seq
@@ -913,6 +915,8 @@ class WriteAheadLog:
         else:
             log.error("wal: %s", err)
         self._publish(self._durable_seq, self._synced_seq)
+        if self._committer is not None:
+            self._committer._release_barriers()
 
     # ------------------------------------------------------------------ snapshots
     def snapshot_due(self) -> bool:
