@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._common import base_parser, print_table, ratio, write_json
-from wheelsched.wal import WALOptions, WriteAheadLog
+from wheelsched.wal import Committer, WALOptions, WriteAheadLog
 
 PAYLOAD = b"\xab" * 110  # msgpack bin8: 112 bytes -> 128-byte framed record
 STRUCTURED = ["schedule", 123456, "job-000000123", 1700000000123, "default", 3, b"x" * 70]
@@ -71,6 +71,48 @@ def wal_batches(root: Path, total: int, batch: int = 1000) -> float:
     log.close()
     shutil.rmtree(d)
     return (total // batch) * batch / dt
+
+
+def multi_log_waits(root: Path, how: str, n: int, logs: int = 16, touched: int = 12) -> float:
+    """Event-loop CPU µs per wait on ``touched`` of ``logs`` logs sharing a
+    committer (a node's call that touched many shards: a worker's acks, a
+    schedule batch), 8 batches in flight, each appending one record per log:
+    ``how`` = "gather" (one ``wait_durable`` per log, gathered) or "wait_all"
+    (``Committer.wait_all``). fsync ``never``: the loop's cost, not the disk's."""
+    d = fresh(root, f"multi-{how}")
+    committer = Committer()
+    wals = [WriteAheadLog(d / f"{i:02d}", WALOptions(fsync="never"), committer=committer)
+            for i in range(logs)]
+    for wal in wals:
+        wal.open()
+
+    async def one(k: int) -> None:
+        waits = {}
+        for j in range(touched):
+            wal = wals[(k + j) % logs]
+            waits[wal] = wal.append(PAYLOAD)
+        if how == "gather":
+            await asyncio.gather(*(wal.wait_durable(seq) for wal, seq in waits.items()))
+        else:
+            await committer.wait_all(waits)
+
+    async def main() -> float:
+        in_flight = asyncio.Semaphore(8)
+
+        async def limited(k: int) -> None:
+            async with in_flight:
+                await one(k)
+
+        t0 = time.thread_time()
+        await asyncio.gather(*(limited(k) for k in range(n)))
+        return time.thread_time() - t0
+
+    cpu = asyncio.run(main())
+    for wal in wals:
+        wal.close()
+    committer.close(5)
+    shutil.rmtree(d)
+    return cpu / n * 1e6
 
 
 # ---------------------------------------------------------------- baselines
@@ -182,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
         c256 = wal_concurrent(root, 256, 60_000 if q else 300_000)
         say("wal batch appends")
         batch = wal_batches(root, 200_000 if q else 1_000_000)
+        say("waits on 12 of 16 logs")
+        n_multi = 5_000 if q else 20_000
+        multi_gather = multi_log_waits(root, "gather", n_multi)
+        multi_all = multi_log_waits(root, "wait_all", n_multi)
         n_replay = 1_000_000 if q else 5_000_000
         say(f"building a {n_replay:,}-record log")
         d = fresh(root, "replay")
@@ -214,6 +260,12 @@ def main(argv: list[str] | None = None) -> int:
     print_table("Durable appends, 128-byte records (records/s)",
                 ["case", "records/s", "vs raw fsync", "vs sqlite/row"], rows)
     print_table(
+        "One wait on 12 of 16 logs sharing a committer (event-loop CPU per wait, lower is better)",
+        ["case", "µs", "vs gather"],
+        [["a wait_durable per log, gathered", multi_gather, "1.00x"],
+         ["Committer.wait_all", multi_all, ratio(multi_all, multi_gather)]],
+    )
+    print_table(
         "Replay and recovery",
         ["case", "figure", "unit"],
         [
@@ -235,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {'MET   ' if ok else 'MISSED'}  {name:<40} {figure}")
     results.update(
         raw_fsync=raw, sqlite_per_row=sq1, sqlite_per_100=sq100, wal_1=c1, wal_16=c16, wal_256=c256,
-        wal_batch_1000=batch, replay_rps=rep, replay_batches_rps=rep_b, replay_records=rep_n,
+        wal_batch_1000=batch, multi_log_wait_us_gather=multi_gather, multi_log_wait_us_wait_all=multi_all,
+        replay_rps=rep, replay_batches_rps=rep_b, replay_records=rep_n,
         replay_structured_rps=rep_s,
         recovery_seconds=rec_s, recovery_records=rec_n,
         targets={name: ok for name, ok, _ in targets},

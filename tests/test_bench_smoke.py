@@ -128,3 +128,13 @@ def test_dag_bench_smoke(tmp_path: Path) -> None:
         r = data["throughput"][case]
         assert r["dispatched"] == r["jobs"] and r["jobs_per_s"] > 0, case
     assert set(data["targets"]) == {"one_shard", "across_shards"}
+
+
+@pytest.mark.parametrize("how", ["gather", "wait_all"])
+def test_wal_bench_multi_log_waits_run(tmp_path: Path, how: str) -> None:
+    """bench.wal's case of one wait across many logs finishes every batch
+    (both ways of waiting) and reports a cost per wait."""
+    from bench.wal import multi_log_waits
+
+    assert multi_log_waits(tmp_path, how, 200) > 0
+    assert not list(tmp_path.iterdir())  # it cleans up after itself
