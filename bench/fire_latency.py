@@ -27,8 +27,9 @@ scheduler reports). Each mode runs in a fresh subprocess.
   does a worker's acks too.
 * ``grpc``: a real ``wheelsched serve`` subprocess (fsync ``always``) whose
   data dir was prepared with the P pending jobs (written through the
-  engine on the node's own logs, then replayed by the node at start, as
-  after a restart), one ``Worker`` in its own process (concurrency 4,
+  engine on the node's own logs, fsync ``never``, then ``os.sync()`` as in
+  the engine mode, and replayed by the node at start, as after a
+  restart), one ``Worker`` in its own process (concurrency 4,
   max_in_flight 2,000; ``gc.freeze()`` after start-up), the N jobs scheduled ahead through
   ``Client.schedule_many`` (chunks of 1,000). Lateness is taken at handler
   entry (``time.time_ns()``); ``recv`` columns in the JSON use
@@ -510,6 +511,7 @@ def _grpc_child(args: argparse.Namespace, rates: list[float], out_dir: Path) -> 
     data_root = out_dir / "grpc"
     data_root.mkdir()
     _prepare_node_dir(data_root / "node-data", args.pending)
+    os.sync()  # the P jobs' log on disk before the node starts: see the engine mode
     records = out_dir / "worker.txt"
     results = []
     with start_node(data_root, fsync=args.node_fsync) as node:

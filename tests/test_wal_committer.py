@@ -341,3 +341,49 @@ def test_wait_all_raises_the_failed_logs_error(tmp_path: Path) -> None:
     bad.close()
     good.close()
     committer.close(timeout=5)
+
+
+def test_unhurried_waiters_ride_on_the_next_fsync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``urgent=False`` (per log or ``wait_all``) asks for no fsync: with the
+    bound out of reach the waiters wait until an urgent waiter's fsync
+    covers them, and then they are released with it, by the one fsync."""
+    monkeypatch.setattr("wheelsched.wal.log.UNAWAITED_SYNC_SECONDS", 3600.0)
+    committer = Committer()
+    a = opened(tmp_path / "a", committer, fsync="always")
+    b = opened(tmp_path / "b", committer, fsync="always")
+
+    async def main() -> None:
+        lazy_one = asyncio.ensure_future(a.wait_durable(a.append(["a1"]), urgent=False))
+        lazy_all = asyncio.ensure_future(committer.wait_all({a: a.append(["a2"]), b: b.append(["b1"])},
+                                                            urgent=False))
+        await asyncio.sleep(0.2)  # rounds have written everything by now
+        assert a._written_seq == 2 and b._written_seq == 1
+        assert not lazy_one.done() and not lazy_all.done()
+        assert a.stats()["fsyncs"] == 0 and b.stats()["fsyncs"] == 0
+        await asyncio.wait_for(committer.wait_all({a: a.append(["a3"]), b: b.append(["b2"])}), 10)
+        await asyncio.wait_for(asyncio.gather(lazy_one, lazy_all), 10)
+        assert a.stats()["fsyncs"] == 1 and b.stats()["fsyncs"] == 1
+
+    asyncio.run(main())
+    a.close()
+    b.close()
+    committer.close(timeout=5)
+
+
+def test_unhurried_waiters_are_answered_within_the_bound(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("wheelsched.wal.log.UNAWAITED_SYNC_SECONDS", 0.2)
+    committer = Committer()
+    logs = [opened(tmp_path / f"{i}", committer, fsync="always") for i in range(3)]
+
+    async def main() -> None:
+        waits = {log: log.append([i]) for i, log in enumerate(logs)}
+        await asyncio.wait_for(committer.wait_all(waits, urgent=False), 10)
+        await asyncio.wait_for(logs[0].wait_durable(logs[0].append(["x"]), urgent=False), 10)
+        for log in logs:
+            assert log._synced_seq == log.last_seq
+
+    asyncio.run(main())
+    for log in logs:
+        log.close()
+    committer.close(timeout=5)

@@ -64,7 +64,7 @@ class MemoryLog:
             self.append(p)
         return self.last_seq
 
-    async def wait_durable(self, seq: int) -> None:
+    async def wait_durable(self, seq: int, urgent: bool = True) -> None:
         if self.failed is not None:
             raise self.failed
 

@@ -215,13 +215,15 @@ class Node:
             return wall_us() + LEASE_RECHECK_US
         return self.engine.next_wakeup_us()
 
-    async def wait_durable(self, waits: Waits) -> None:
+    async def wait_durable(self, waits: Waits, urgent: bool = True) -> None:
+        """Until the writes in ``waits`` are durable (``urgent=False``: within
+        the logs' unhurried bound; see ``WriteAheadLog.wait_durable``)."""
         try:
             if len(waits) == 1:
                 (wal, seq), = waits.items()
-                await wal.wait_durable(seq)
+                await wal.wait_durable(seq, urgent)
             elif waits:  # every log is the committer's: one future for them all
-                await self._committer.wait_all(waits)
+                await self._committer.wait_all(waits, urgent)
         except Exception as exc:
             if isinstance(exc, Unavailable):
                 raise

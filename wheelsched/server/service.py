@@ -246,7 +246,10 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
 
         async def confirm(waits, field: str, results) -> None:
             try:
-                await node.wait_durable(waits)
+                # A worker needs its acks confirmed soon, not at once: they
+                # ride on the logs' next fsync (see UNAWAITED_SYNC_SECONDS),
+                # so each ack message does not fsync every shard it touched.
+                await node.wait_durable(waits, urgent=field != "ack_results")
             except WheelschedError as exc:
                 for r in results:
                     r.code = code_number(exc)

@@ -134,16 +134,17 @@ class Committer:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
 
-    async def wait_all(self, waits: Mapping[WriteAheadLog, int]) -> None:
+    async def wait_all(self, waits: Mapping[WriteAheadLog, int], urgent: bool = True) -> None:
         """Until every log in ``waits`` (this committer's) is durable through
         its seq, with one future for them all; raises the first failed log's
-        error, as ``WriteAheadLog.wait_durable`` would."""
+        error, and takes ``urgent``, as ``WriteAheadLog.wait_durable``."""
         pending = [(wal, seq) for wal, seq in waits.items() if seq > wal._durable_seq]
         if not pending:
             return
         for wal, seq in pending:
             wal._check_waitable(seq)
-            wal._want_sync(seq)
+            if urgent:
+                wal._want_sync(seq)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         # Checked again under the lock: a round that published meanwhile

@@ -82,15 +82,17 @@ FSYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.0
                  0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 
-# ``always``: how long written records that nobody waits for may stay
-# unsynced. A node's tick appends records no caller awaits (the leases it
-# hands out, lease expiries); fsyncing each of those rounds cost a node at
-# 10,000 jobs/s ~2,000 fdatasyncs/s on this machine's disk, where an
-# awaited write (the next ack on that shard) syncs them anyway a few ms
-# later. Losing them in an OS crash changes nothing a caller was told: the
-# recovering node revokes every lease it finds, as it would have. 50 ms
-# bounds what the log's durable seq lags behind with no waiter at all.
-UNAWAITED_SYNC_SECONDS = 0.05
+# ``always``: how long written records may stay unsynced when nobody waits
+# for them, or only unhurried waiters do (``wait_durable(urgent=False)``). A
+# node's tick appends records no caller awaits (the leases it hands out,
+# lease expiries), and a worker's acks need their confirmation soon, not
+# at once; a round that fsyncs each shard log some caller touched cost a
+# node at 5,000-10,000 jobs/s ~2,000-3,000 fdatasyncs/s on this machine's
+# disk, and the disk I/O costs the VM steal. Losing unawaited records in
+# an OS crash changes nothing a caller was told: the recovering node ends
+# every lease it finds, as it would have. 20 ms bounds how late an
+# unhurried waiter hears, and so how far a log's durable seq lags.
+UNAWAITED_SYNC_SECONDS = 0.02
 
 
 @dataclass(frozen=True)
@@ -564,7 +566,11 @@ class WriteAheadLog:
         if seq > self._last_seq:
             raise WALError(f"seq {seq} was never appended (last is {self._last_seq})")
 
-    async def wait_durable(self, seq: int) -> None:
+    async def wait_durable(self, seq: int, urgent: bool = True) -> None:
+        """Until ``seq`` is durable. ``urgent=False``: the caller can wait
+        for the log's next fsync, within ``UNAWAITED_SYNC_SECONDS``, rather
+        than ask for one now (``always``; the other policies do not fsync
+        for waiters)."""
         if seq <= self._durable_seq:
             return
         loop = asyncio.get_running_loop()
@@ -577,7 +583,8 @@ class WriteAheadLog:
             if heap is None:
                 heap = self._loops[loop] = []
             heapq.heappush(heap, (seq, next(self._tiebreak), fut))
-        self._want_sync(seq)
+        if urgent:
+            self._want_sync(seq)
         await fut
 
     def wait_durable_sync(self, seq: int, timeout: float | None = None) -> bool:
