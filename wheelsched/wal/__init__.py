@@ -155,11 +155,14 @@ Durability per ``fsync`` policy
     that honours flushes). Group commit: one writer thread writes everything
     queued by all callers with one ``write`` and one ``fdatasync``. A round
     nobody waits for is written but not synced: its records are synced by
-    the next round with a waiter, or ``UNAWAITED_SYNC_SECONDS`` (50 ms)
+    the next round with a waiter, or ``UNAWAITED_SYNC_SECONDS`` (20 ms)
     after they were written, whichever is first (a waiter that arrives after
-    the write asks for its own fsync). ``durable_seq`` counts only synced
-    records. A node's ticks write such records (the leases they hand out);
-    an OS crash that loses them loses nothing anyone was told.
+    the write asks for its own fsync). ``wait_durable(seq, urgent=False)``
+    and ``Committer.wait_all(..., urgent=False)`` wait without asking: for
+    the next fsync, within the same bound. ``durable_seq`` counts only
+    synced records. A node's ticks write records nobody waits for (the
+    leases they hand out; an OS crash that loses them loses nothing anyone
+    was told), and a worker's acks wait unhurried.
 ``interval:<ms>``
     ``wait_durable`` returns once the record was written to the OS (page
     cache); the writer fsyncs at most every <ms> while there is unsynced data.
