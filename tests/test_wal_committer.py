@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from wal_helpers import Faults, fail_fsync, replay_all
+from wal_helpers import Faults, fail_fsync, replay_all, run_threads
 
 from wheelsched.wal import OP, Committer, FencedError, LogFailedError, WALError, WALOptions, WriteAheadLog
 
@@ -44,11 +44,7 @@ def test_many_logs_one_thread_everything_in_order(tmp_path: Path) -> None:
             last = log.append_many([[k, i, j] for j in range(3)]) if i % 2 else log.append([k, i])
         assert log.wait_durable_sync(last, timeout=30)
 
-    threads = [threading.Thread(target=append, args=(k,)) for k in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(append, 8)
     assert len(writer_threads("wal-writer-shared-test")) == 1
     for log in logs:
         assert log.durable_seq == log.last_seq
@@ -280,11 +276,7 @@ def test_always_never_strands_a_waiter(tmp_path: Path, monkeypatch: pytest.Monke
             if not log.wait_durable_sync(seq, timeout=10):
                 stranded.append(seq)
 
-    threads = [threading.Thread(target=run, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(run, 4)
     assert not stranded
     for log in logs:
         log.close()

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from wal_helpers import Faults, fail_fsync, rebuild_state, replay_all, wal_impl_fixture
+from wal_helpers import Faults, fail_fsync, rebuild_state, replay_all, run_threads, wal_impl_fixture
 
 from wheelsched.cli import main as cli_main
 from wheelsched.errors import WheelschedError
@@ -94,11 +94,7 @@ def test_threaded_group_commit(tmp_path: Path) -> None:
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=appender, args=(k,)) for k in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(appender, 16)
     log.close()
     assert not errors
     assert faults.hits["fsync"] < 800

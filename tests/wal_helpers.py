@@ -239,3 +239,12 @@ if __name__ == "__main__":
         fenced_child_main(sys.argv[2:])
     else:
         child_main(sys.argv[1:])
+
+
+def run_threads(target: Callable[[int], None], n: int) -> None:
+    """Run ``target(k)`` for k in 0..n-1, each on its own thread, and join them."""
+    threads = [threading.Thread(target=target, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
