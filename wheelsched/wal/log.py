@@ -578,15 +578,12 @@ class WriteAheadLog:
         with self._dlock:
             if seq <= self._durable_seq:
                 return
-            if self._failed is not None or seq > self._last_seq:
-                self._check_waitable(seq)  # raises
+            self._check_waitable(seq)
             heap = self._loops.get(loop)
             if heap is None:
                 heap = self._loops[loop] = []
             heapq.heappush(heap, (seq, next(self._tiebreak), fut))
-        # the checks _want_sync starts with, inline: this runs once per
-        # awaited append (bench.wal's 256 appenders: ~165k/s)
-        if urgent and seq > self._sync_wanted and self._mode == "always":
+        if urgent:
             self._want_sync(seq)
         await fut
 
@@ -611,8 +608,10 @@ class WriteAheadLog:
         """``always``: a waiter needs ``seq`` fsynced (see
         ``UNAWAITED_SYNC_SECONDS``). The round that takes the queue reads
         ``_sync_wanted`` after it wrote; a waiter that comes after that
-        round took the queue starts another round here."""
-        if self._mode != "always":
+        round took the queue starts another round here. Without the lock
+        when an earlier waiter already asked for ``seq`` or later: that
+        request's round syncs everything written up to it, ``seq`` too."""
+        if self._mode != "always" or seq <= self._sync_wanted:
             return
         with self._qlock:
             if seq > self._sync_wanted:
